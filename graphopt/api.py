@@ -1,0 +1,190 @@
+"""The Python API: optimize, verify, cost. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from graphopt.errors import InputError, VerificationFailed
+from graphopt.instruments import Dump, Numerics, StepCost, WellFormed
+from graphopt.ir import clone, load_model, save_model
+from graphopt.passes import PassContext
+from graphopt.pipeline import PassManager, model_stats
+from graphopt.pipeline_spec import PipelineConfig, load_pipeline_file, parse_inline
+from graphopt.verify import Thresholds, load_npz, synthesize_inputs, verify_models
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERIFY_SAMPLES = 8
+
+
+@dataclass
+class OptimizeResult:
+    model: onnx.ModelProto
+    report: dict
+    original: onnx.ModelProto | None = field(default=None, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report.get("verification", {}).get("passed", True))
+
+    def save(self, path, force: bool = True) -> Path:
+        return save_model(self.model, path, force=force)
+
+
+def as_model(model_or_path) -> onnx.ModelProto:
+    """Accept a ModelProto, bytes or a path; paths to non-ONNX sources are imported."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path
+    if isinstance(model_or_path, (bytes, bytearray)):
+        from graphopt.ir import parse_model_bytes
+
+        return parse_model_bytes(bytes(model_or_path))
+    if isinstance(model_or_path, (str, Path)):
+        return load_model(model_or_path)
+    raise InputError(f"expected an ONNX model or a path, got {type(model_or_path).__name__}")
+
+
+def as_feeds(data, model: onnx.ModelProto, max_samples: int | None = None) -> list[dict] | None:
+    """Feed dicts from an .npz path, a dict of arrays (axis 0 = samples) or an iterable of dicts."""
+    if data is None:
+        return None
+    if isinstance(data, (str, Path)):
+        return load_npz(data, model, max_samples)
+    if isinstance(data, dict):
+        n = min(len(v) for v in data.values())
+        feeds = [{k: np.asarray(v)[i:i + 1] for k, v in data.items()} for i in range(n)]
+    else:
+        feeds = [dict(item) for item in data]
+    return feeds[:max_samples] if max_samples else feeds
+
+
+def resolve_pipeline(passes=None, pipeline=None, target=None) -> tuple[PipelineConfig, Any]:
+    """Pass specs and Target from an inline spec, a TOML file, or the target's default."""
+    from graphopt.targets import load_target
+
+    if passes is not None and pipeline is not None:
+        raise InputError("give either passes or a pipeline file, not both")
+    config = load_pipeline_file(pipeline) if pipeline is not None else PipelineConfig([])
+    target_obj = load_target(target or config.target or "cpu")
+    if passes is not None:
+        config.passes = parse_inline(passes) if isinstance(passes, str) else list(passes)
+    elif pipeline is None:
+        config.passes = parse_inline(target_obj.default_pipeline)
+    return config, target_obj
+
+
+def optimize(model, passes: str | None = None, *, pipeline=None, target: str | None = None,
+             calibration_data=None, inputs=None, verify: bool = True,
+             thresholds: dict | Thresholds | None = None, seed: int = 0, dump_dir=None,
+             skip_failing: bool = False, progress: bool = False) -> OptimizeResult:
+    """Run a pipeline on `model` and verify the result against the original."""
+    config, target_obj = resolve_pipeline(passes, pipeline, target)
+    imported = _import_if_needed(model)
+    original = imported.model if imported else as_model(model)
+    calibration = as_feeds(calibration_data or config.calibration_data, original)
+    feeds = _verification_inputs(original, inputs, calibration, seed)
+    limits = _thresholds(thresholds, config.verify)
+    ctx = PassContext(target=target_obj, calibration_data=calibration, verification_inputs=feeds,
+                      seed=seed, progress=progress)
+    instruments = [WellFormed(set(getattr(target_obj, "contrib_domains", [])))]
+    if verify:
+        instruments.append(Numerics(feeds))
+    instruments.append(StepCost(target_obj))
+    if dump_dir:
+        instruments.append(Dump(dump_dir))
+    report = {"input": model_stats(original), "target": target_obj.name,
+              "pipeline": ",".join(str(s) for s in config.passes), "seed": seed}
+    if imported:
+        from graphopt.importers import verify_import
+
+        report["import"] = verify_import(imported, feeds)
+    start = time.perf_counter()
+    manager = PassManager(config.passes, instruments, skip_failing=skip_failing)
+    result_model = manager.run(clone(original), ctx, report)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    report["output"] = model_stats(result_model)
+    report["cost"] = {"before": _cost(original, target_obj), "after": _cost(result_model, target_obj)}
+    if verify:
+        report["verification"] = verify_models(original, result_model, feeds, limits,
+                                               lossless=_all_lossless(report))
+    else:
+        report["verification"] = {"passed": True, "skipped": "--no-verify"}
+    return OptimizeResult(result_model, report, original)
+
+
+def _import_if_needed(model):
+    if isinstance(model, (str, Path)) and not str(model).lower().endswith(".onnx"):
+        from graphopt.importers import is_importable, import_source
+
+        if is_importable(model):
+            return import_source(model)
+    return None
+
+
+def _verification_inputs(model, inputs, calibration, seed) -> list[dict]:
+    if inputs is not None:
+        return as_feeds(inputs, model, DEFAULT_VERIFY_SAMPLES * 8)
+    if calibration:
+        return calibration[:DEFAULT_VERIFY_SAMPLES]
+    return synthesize_inputs(model, count=4, seed=seed)
+
+
+def _thresholds(given, from_file: dict) -> Thresholds:
+    if isinstance(given, Thresholds):
+        return given
+    merged = {**(from_file or {}), **(given or {})}
+    return Thresholds.from_dict(merged)
+
+
+def _all_lossless(report: dict) -> bool:
+    return all(p.get("lossless", True) for p in report.get("passes", []) if p.get("changed"))
+
+
+def _cost(model, target) -> dict:
+    from graphopt.targets import estimate_cost
+
+    cost = estimate_cost(model, target)
+    return {k: v for k, v in cost.items() if k != "nodes"}
+
+
+def verify(reference, candidate, inputs=None, min_cosine: float | None = 0.99,
+           lossless: bool = False, seed: int = 0, **thresholds) -> dict:
+    """Compare two models on the same inputs; the report's verification dict."""
+    ref, cand = as_model(reference), as_model(candidate)
+    _check_same_signature(ref, cand)
+    feeds = _verification_inputs(ref, inputs, None, seed)
+    limits = Thresholds.from_dict({"min_cosine": min_cosine, **thresholds})
+    return verify_models(ref, cand, feeds, limits, lossless=lossless)
+
+
+def _check_same_signature(ref: onnx.ModelProto, cand: onnx.ModelProto) -> None:
+    from graphopt.verify import graph_inputs
+
+    ref_in = {i.name for i in graph_inputs(ref)}
+    cand_in = {i.name for i in graph_inputs(cand)}
+    if not cand_in <= ref_in:
+        raise InputError(f"candidate inputs {sorted(cand_in - ref_in)} are not inputs of the reference")
+    missing = {o.name for o in ref.graph.output} - {o.name for o in cand.graph.output}
+    if missing:
+        raise InputError(f"candidate lacks reference output(s) {', '.join(sorted(missing))}")
+
+
+def cost(model, target: str = "cpu", per_node: bool = False, **kwargs) -> dict:
+    from graphopt.targets import estimate_cost, load_target
+
+    return estimate_cost(as_model(model), load_target(target), per_node=per_node, **kwargs)
+
+
+def require_passed(result: OptimizeResult) -> OptimizeResult:
+    """Raise VerificationFailed (exit 2) when the result misses its thresholds."""
+    if not result.passed:
+        failures = result.report["verification"].get("failures") or ["verification failed"]
+        raise VerificationFailed("; ".join(failures), result.report)
+    return result

@@ -1,0 +1,74 @@
+"""Round trip between onnx.ModelProto and onnx-graphsurgeon graphs.
+
+graphsurgeon drops model-level fields (metadata, producer, doc string, functions) and
+reorders nothing else of interest; `to_model` restores those fields from the original.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def to_model(graph: gs.Graph, like: onnx.ModelProto, cleanup: bool = True) -> onnx.ModelProto:
+    """Export `graph` as a model carrying `like`'s opsets, IR version and metadata."""
+    if cleanup:
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph, do_type_check=False)
+    out.ir_version = like.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(like.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, field, getattr(like, field))
+    del out.metadata_props[:]
+    out.metadata_props.extend(like.metadata_props)
+    del out.functions[:]
+    out.functions.extend(like.functions)
+    _keep_initializer_inputs(out, like)
+    return out
+
+
+def _keep_initializer_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """Graph inputs that also have initializers (overridable, IR<4 style) stay inputs."""
+    kept = {i.name for i in out.graph.input}
+    inits = {i.name for i in out.graph.initializer}
+    for value in like.graph.input:
+        if value.name not in kept and value.name in inits:
+            out.graph.input.append(value)
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
+    for entry in model.opset_import:
+        if entry.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return entry.version
+    return 0
+
+
+def constant_value(tensor) -> "np.ndarray | None":
+    """Value of a graphsurgeon tensor when it is a Constant (initializer or Constant node)."""
+    import numpy as np
+
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        attrs = tensor.inputs[0].attrs
+        if "value" in attrs:
+            value = attrs["value"]
+            return np.asarray(value.values if isinstance(value, gs.Constant) else value)
+        for key, convert in (("value_float", np.float32), ("value_int", np.int64),
+                             ("value_floats", np.float32), ("value_ints", np.int64)):
+            if key in attrs:
+                return np.asarray(attrs[key], dtype=convert)
+    return None
+
+
+def single_consumer(tensor) -> bool:
+    return len(tensor.outputs) == 1
+
+
+def is_graph_output(graph: gs.Graph, tensor) -> bool:
+    return any(out is tensor or out.name == tensor.name for out in graph.outputs)
