@@ -199,7 +199,7 @@ BACKEND_SELECTION = (
 def onnx_backend_models(include_light: bool = True) -> dict[str, Path]:
     """onnx backend test models: ``light_*`` (weight-stripped model-zoo CNNs: alexnet, densenet121,
     inception v1/v2, resnet50, shufflenet, squeezenet, vgg19, zfnet512; opset <= 9, real
-    topology, weights filled with constants) and ``BACKEND_SELECTION`` small node tests.
+    topology, each weight produced at run time by a ConstantOfShape from a shape initializer) and ``BACKEND_SELECTION`` small node tests.
     Names are file stems / test directory names; missing ones are skipped."""
     try:
         root = _package_dir("onnx", "onnx") / "backend" / "test" / "data"
@@ -248,3 +248,45 @@ def all_models(build: bool = False) -> dict[str, Path]:
                 log.info("skipping %s: %s", name, e)
     out.update(third_party_models())
     return out
+
+
+# ------------------------------------------------------------------ inventory (for README)
+def describe(path: str | Path) -> dict:
+    """Size, opsets, node count (main graph and including subgraphs) and op-type histogram."""
+    import collections
+
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    hist: collections.Counter = collections.Counter()
+
+    def walk(g, depth):
+        for n in g.node:
+            hist[n.op_type] += 1
+            for a in n.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(sub, depth + 1)
+
+    walk(m.graph, 0)
+    return {"bytes": Path(path).stat().st_size, "nodes": len(m.graph.node), "nodes_all": sum(hist.values()),
+            "opsets": {o.domain or "ai.onnx": o.version for o in m.opset_import},
+            "ops": dict(hist.most_common()),
+            "accuracy": {p.key: p.value for p in m.metadata_props}.get("test_accuracy")}
+
+
+def markdown_inventory(models: dict[str, Path]) -> str:
+    rows = ["| model | size | opset | nodes (all) | test acc | op histogram |", "|---|---:|---|---:|---:|---|"]
+    for name, path in models.items():
+        d = describe(path)
+        size = f"{d['bytes'] / 1e6:.2f} MB" if d["bytes"] >= 1e5 else f"{d['bytes'] / 1e3:.1f} KB"
+        ops = ", ".join(f"{k} {v}" for k, v in d["ops"].items())
+        opset = ", ".join(f"{k} {v}" for k, v in d["opsets"].items())
+        rows.append(f"| {name} | {size} | {opset} | {d['nodes']} ({d['nodes_all']}) | {d['accuracy'] or ''} | {ops} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(markdown_inventory(all_models(build="--build" in sys.argv)))
