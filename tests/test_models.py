@@ -63,8 +63,9 @@ def test_digits_data_shapes():
         zoo.digits_data("train")
 
 
-def test_digits_dynamic_batch():
-    sess = _session(zoo.digits_cnn())
+@pytest.mark.parametrize("name", sorted(DIGITS))
+def test_digits_dynamic_batch(name):
+    sess = _session(DIGITS[name]())
     x = zoo.digits_data("calib")["input"]
     full = sess.run(None, {"input": x})[0]
     one = sess.run(None, {"input": x[:1]})[0]
