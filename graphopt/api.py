@@ -14,6 +14,7 @@ import onnx
 from graphopt.errors import InputError, VerificationFailed
 from graphopt.instruments import Dump, Numerics, StepCost, WellFormed
 from graphopt.ir import clone, load_model, save_model
+from graphopt.ir.validate import check_level, validate_model
 from graphopt.passes import PassContext
 from graphopt.pipeline import PassManager, model_stats
 from graphopt.pipeline_spec import PipelineConfig, load_pipeline_file, parse_inline
@@ -88,19 +89,23 @@ def optimize(model, passes: str | None = None, *, pipeline=None, target: str | N
     config, target_obj = resolve_pipeline(passes, pipeline, target)
     imported = _import_if_needed(model)
     original = imported.model if imported else as_model(model)
+    warnings = validate_model(original)
+    level = check_level(original)
+    _require_runnable(original)
     calibration = as_feeds(calibration_data or config.calibration_data, original)
     feeds = _verification_inputs(original, inputs, calibration, seed)
     limits = _thresholds(thresholds, config.verify)
     ctx = PassContext(target=target_obj, calibration_data=calibration, verification_inputs=feeds,
                       seed=seed, progress=progress)
-    instruments = [WellFormed(set(getattr(target_obj, "contrib_domains", [])))]
+    instruments = [WellFormed(set(getattr(target_obj, "contrib_domains", [])), level)]
     if verify:
         instruments.append(Numerics(feeds))
     instruments.append(StepCost(target_obj))
     if dump_dir:
         instruments.append(Dump(dump_dir))
     report = {"input": model_stats(original), "target": target_obj.name,
-              "pipeline": ",".join(str(s) for s in config.passes), "seed": seed}
+              "pipeline": ",".join(str(s) for s in config.passes), "seed": seed,
+              "warnings": warnings}
     if imported:
         from graphopt.importers import verify_import
 
@@ -117,6 +122,17 @@ def optimize(model, passes: str | None = None, *, pipeline=None, target: str | N
     else:
         report["verification"] = {"passed": True, "skipped": "--no-verify"}
     return OptimizeResult(result_model, report, original)
+
+
+def _require_runnable(model: onnx.ModelProto) -> None:
+    """Passes are verified with onnxruntime, so the input must load there."""
+    from graphopt.verify import make_session
+
+    try:
+        make_session(model)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise InputError(f"onnxruntime cannot load the input model: {first}") from err
 
 
 def _import_if_needed(model):
@@ -158,6 +174,9 @@ def verify(reference, candidate, inputs=None, min_cosine: float | None = 0.99,
            lossless: bool = False, seed: int = 0, **thresholds) -> dict:
     """Compare two models on the same inputs; the report's verification dict."""
     ref, cand = as_model(reference), as_model(candidate)
+    for model in (ref, cand):
+        validate_model(model)
+        _require_runnable(model)
     _check_same_signature(ref, cand)
     feeds = _verification_inputs(ref, inputs, None, seed)
     limits = Thresholds.from_dict({"min_cosine": min_cosine, **thresholds})

@@ -90,23 +90,23 @@ def remove_dead_nodes(graph: onnx.GraphProto) -> int:
 
 
 def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto] | None:
-    """Nodes in a valid execution order, or None if the graph has a cycle."""
-    made = producers(graph)
+    """Nodes in a valid execution order (stable: original order where free), or None on a cycle."""
+    made = {out: idx for idx, node in enumerate(graph.node) for out in node.output if out}
     indegree, users = {}, defaultdict(list)
     for idx, node in enumerate(graph.node):
         fake = onnx.GraphProto()
         fake.node.append(node)
         deps = {made[n] for n in set(node.input) | outer_scope_names(fake) if n in made}
-        indegree[idx] = len({id(d) for d in deps})
-        for dep in {id(d): d for d in deps}.values():
-            users[id(dep)].append(idx)
+        indegree[idx] = len(deps)
+        for dep in deps:
+            users[dep].append(idx)
     ready = [i for i, d in indegree.items() if d == 0]
-    heapq.heapify(ready)  # smallest original index first: stable, deterministic order
+    heapq.heapify(ready)
     order = []
     while ready:
         idx = heapq.heappop(ready)
         order.append(graph.node[idx])
-        for user in users[id(graph.node[idx])]:
+        for user in users[idx]:
             indegree[user] -= 1
             if indegree[user] == 0:
                 heapq.heappush(ready, user)
