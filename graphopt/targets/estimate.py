@@ -302,7 +302,7 @@ def _kb(n: float) -> str:
 
 def _row(r: dict) -> dict:
     w, p = r["work"], r["priced"]
-    total = w.read_bytes + w.write_bytes + w.weight_bytes
+    total = 0.0 if w.fused else w.read_bytes + w.write_bytes + w.weight_bytes
     return {"name": w.name, "op_type": w.op_type, "macs": int(w.macs * r["mult"]),
             "flops": int(w.flops * r["mult"]), "bytes": int(total * r["mult"]),
             "intensity": (w.flops / total) if total else 0.0, "bound": p.bound, "dtype": w.dtype,

@@ -68,6 +68,7 @@ class Target:
     contrib_domains: tuple[str, ...] = ()
     default_pipeline: str = "cleanup,fuse"
     efficiency: dict[str, float] = field(default_factory=dict)
+    dtype_efficiency: dict[str, float] = field(default_factory=dict)
     op_overhead_us: float = 0.0
     run_overhead_us: float = 0.0
     cores: int = 1
@@ -85,11 +86,13 @@ class Target:
         return "*" in self.ops or op_type in self.ops
 
     def peak_macs_per_s(self, dtype: str, sparse: bool = False, threads: int = 1) -> float:
-        """MAC/s for `dtype` (0 when the target has no unit for it), scaled to `threads`."""
+        """Achievable MAC/s for `dtype` (peak x dtype_efficiency; 0 when the target has no
+        unit for it), scaled to `threads`."""
         table = self.sparse_peak_gops if sparse else self.peak_gops
         gops = table.get(dtype, 0.0)
         used = max(1, min(threads, self.cores))
-        return gops * 1e9 / 2 * (1 + (used - 1) * self.parallel_efficiency)
+        achieved = gops * self.dtype_efficiency.get(dtype, 1.0)
+        return achieved * 1e9 / 2 * (1 + (used - 1) * self.parallel_efficiency)
 
     def level(self, holds: str) -> MemoryLevel:
         """The level that stores `holds` ("weights" or "activations") when uncached."""
@@ -156,6 +159,9 @@ def from_dict(data: dict, source: str = "") -> Target:
     bad = [k for k, v in efficiency.items() if k not in EFFICIENCY_CLASSES or not 0 < v <= 1]
     if bad:
         raise ValueError(f"efficiency: bad class or value outside (0, 1]: {', '.join(bad)}")
+    dtype_eff = _dtype_table(data.get("dtype_efficiency", {}), "dtype_efficiency")
+    if any(not 0 < v <= 1 for v in dtype_eff.values()):
+        raise ValueError("dtype_efficiency values must lie in (0, 1]")
     return Target(
         name=str(data["name"]), description=str(data["description"]), peak_gops=dense,
         sparse_peak_gops=sparse, memory=memory,
@@ -165,7 +171,7 @@ def from_dict(data: dict, source: str = "") -> Target:
         unsupported_action=action,
         contrib_domains=tuple(str(d) for d in data.get("contrib_domains", [])),
         default_pipeline=str(data.get("default_pipeline", "cleanup,fuse")),
-        efficiency=efficiency,
+        efficiency=efficiency, dtype_efficiency=dtype_eff,
         op_overhead_us=_nonneg(data, "op_overhead_us"),
         run_overhead_us=_nonneg(data, "run_overhead_us"),
         cores=int(data.get("cores", 1)),
