@@ -18,6 +18,7 @@ import onnx
 from graphopt.errors import GraphoptError, InputError, PassError
 from graphopt.instruments import Instrument
 from graphopt.ir import clone
+from graphopt.ir.graph import conform_to_ir_version
 from graphopt.passes import PassContext, create_pass
 from graphopt.pipeline_spec import PassSpec, parse_inline
 
@@ -80,6 +81,7 @@ class PassManager:
         start = time.perf_counter()
         try:
             result = self._apply(pass_, before, ctx)
+            conform_to_ir_version(result.model)  # passes need not know IR<4 rules
             record.update({"changed": result.changed, "seconds": round(time.perf_counter() - start, 4),
                            "nodes_before": len(before.graph.node),
                            "nodes_after": len(result.model.graph.node),

@@ -96,3 +96,44 @@ def test_real_models_stay_valid_and_equal(path):
     onnx.checker.check_model(result.model, full_check=True)
     assert_same_outputs(model, result.model, synthesize_inputs(model, 1)[0])
     assert result.model.ByteSize() <= model.ByteSize() + 64 * len(model.graph.node)
+
+
+def _zoo(name):
+    from models import zoo
+
+    try:
+        return getattr(zoo, name)()
+    except zoo.ModelUnavailable as err:
+        pytest.skip(str(err))
+
+
+@pytest.mark.parametrize("name,max_nodes", [("ppocr_cls", 240), ("silero_vad", 686), ("digits_transformer", 120)])
+def test_third_party_models_through_the_manager(name, max_nodes):
+    import graphopt
+
+    result = graphopt.optimize(str(_zoo(name)), passes="cleanup")
+    assert result.report["verification"]["passed"]
+    assert result.report["passes"][0]["verification"]["passed"]
+    assert result.report["output"]["nodes"] <= max_nodes
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_constant_nodes_become_initializers():
+    nodes = [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(np.ones((3, 3), np.float32))),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 3])], [tensor("y", [1, 3])])
+    result = run_cleanup(model)
+    assert [n.op_type for n in result.model.graph.node] == ["MatMul"]
+    assert result.stats["constants_to_initializers"] == 1
+    assert_same_outputs(model, result.model, synthesize_inputs(model, 1)[0])
+
+
+def test_ir3_models_keep_initializers_as_inputs():
+    import graphopt
+    from models import zoo
+
+    path = next(p for n, p in zoo.onnx_backend_models().items() if "PixelShuffle" in n)
+    result = graphopt.optimize(str(path), passes="cleanup")
+    model = result.model
+    assert model.ir_version == 3
+    assert {t.name for t in model.graph.initializer} <= {i.name for i in model.graph.input}

@@ -24,6 +24,19 @@ class ConstantView:
         self._graph_inputs = {i.name for i in graph.input}
         self._cache: dict[str, np.ndarray] = {}
 
+    def may_be_constant(self, name: str) -> bool:
+        """Cheap test (no tensor is decoded): initializer or output of a constant-making node."""
+        if name in self._cache or (name in self._initializers and name not in self._graph_inputs):
+            return True
+        node = self._producers.get(name)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type == "Constant":
+            return True
+        if node.op_type in ("ConstantOfShape", "Identity"):
+            return not node.input or self.may_be_constant(node.input[0])
+        return False
+
     def is_constant(self, name: str) -> bool:
         return self.get(name) is not None
 

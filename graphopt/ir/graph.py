@@ -72,3 +72,15 @@ def single_consumer(tensor) -> bool:
 
 def is_graph_output(graph: gs.Graph, tensor) -> bool:
     return any(out is tensor or out.name == tensor.name for out in graph.outputs)
+
+
+def conform_to_ir_version(model: onnx.ModelProto) -> None:
+    """IR < 4 requires every initializer to be a graph input; add the missing ones."""
+    if model.ir_version >= 4:
+        return
+    from onnx import helper
+
+    listed = {i.name for i in model.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.name not in listed:
+            model.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))

@@ -8,6 +8,7 @@ All rewrites are exact:
   would undo quantization).
 - `Shape` of a tensor whose shape inference found fully static is that shape.
 - Identity, and Dropout in inference mode, forward their input.
+- `Constant` nodes become initializers (same value, same name).
 - Nodes no graph output depends on are removed, with their initializers.
 Subgraphs of If/Loop/Scan are left as they are, except that names they read from the
 enclosing scope are kept alive.
@@ -22,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphopt.ir import ConstantView, infer_shapes
+from graphopt.ir import ConstantView, constant_node_value, infer_shapes
 from graphopt.ir.rewrite import (consumers, graph_output_names, producers, remove_dead_nodes,
                                  rename_input_uses)
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass
@@ -49,13 +50,14 @@ class Cleanup(Pass):
         infer_shapes: bool = option(True, "run ONNX shape inference and keep the inferred value_info")
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        stats = {"identities_removed": 0, "constants_folded": 0, "shapes_folded": 0, "dead_nodes_removed": 0}
+        stats = {"identities_removed": 0, "constants_to_initializers": 0, "constants_folded": 0, "shapes_folded": 0, "dead_nodes_removed": 0}
         notes: list[str] = []
         nodes_before = len(model.graph.node)
         before = model.SerializeToString(deterministic=True)
         for _ in range(8):  # folding exposes more folding; a few rounds reach the fixpoint
             round_changes = stats["constants_folded"] + stats["shapes_folded"] + stats["identities_removed"]
             stats["identities_removed"] += remove_identities(model.graph)
+            stats["constants_to_initializers"] += constants_to_initializers(model.graph)
             if self.options.infer_shapes:
                 model = _with_shapes(model, notes)
             stats["shapes_folded"] += fold_static_shapes(model.graph)
@@ -100,6 +102,24 @@ def remove_identities(graph: onnx.GraphProto) -> int:
     return removed
 
 
+def constants_to_initializers(graph: onnx.GraphProto) -> int:
+    """Move `Constant` node values into initializers (graph outputs keep their node)."""
+    outputs = graph_output_names(graph)
+    moved = 0
+    for node in list(graph.node):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
+            continue
+        if any(a.name in ("sparse_value", "value_string", "value_strings") for a in node.attribute):
+            continue
+        value = constant_node_value(node)
+        if value is None:
+            continue
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), node.output[0]))
+        graph.node.remove(node)
+        moved += 1
+    return moved
+
+
 def _is_forwarding(node: onnx.NodeProto) -> bool:
     if node.domain not in ("", "ai.onnx") or not node.input or not node.input[0]:
         return False
@@ -140,14 +160,14 @@ def fold_constants(model: onnx.ModelProto, max_growth: int, notes: list[str]) ->
     graph = model.graph
     folded = 0
     opsets = list(model.opset_import)
+    view = ConstantView(graph)
     for node in list(graph.node):
-        if not _foldable(node):
+        if node.op_type == "Constant" or not _foldable(node):
             continue
-        view = ConstantView(graph)
+        if not all(_cheaply_constant(graph, view, name) for name in node.input if name):
+            continue
         values = [view.get(name) if name else None for name in node.input]
         if any(v is None for v, name in zip(values, node.input) if name):
-            continue
-        if node.op_type == "Constant":
             continue
         try:
             results = _evaluate(ReferenceEvaluator, node, values, opsets)
@@ -159,8 +179,14 @@ def fold_constants(model: onnx.ModelProto, max_growth: int, notes: list[str]) ->
         if out_bytes > in_bytes + max_growth:
             continue  # folding would bloat the file
         _replace_with_constant(graph, node, results)
+        view = ConstantView(graph)
         folded += 1
     return folded
+
+
+def _cheaply_constant(graph, view: ConstantView, name: str) -> bool:
+    """Whether `name` can be constant, without materializing any tensor."""
+    return view.may_be_constant(name)
 
 
 def _foldable(node: onnx.NodeProto) -> bool:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DIM = {"batch": 1, "batch_size": 1, "n": 1, "sequence": 16, "seq": 16,
                "sequence_length": 16, "seq_len": 16}
+NAMED_INTEGERS = {"sr": 16000, "sample_rate": 16000, "sampling_rate": 16000}
 MAX_SYNTH_ELEMENTS = 1 << 24
 BATCH = 64
 
@@ -32,18 +33,31 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def input_shape(value: onnx.ValueInfoProto, default_dim: int = 1) -> list[int]:
+def input_shape(value: onnx.ValueInfoProto, default_dim: int = 1, last_only: bool = False) -> list[int]:
+    """Concrete shape: known dims kept, symbolic ones from their name or `default_dim`.
+
+    With `default_dim` > 1 (a retry after the model rejected small inputs) symbolic dims
+    other than the leading batch dim take it, whatever their name; with `last_only` only
+    a symbolic last axis does (audio: [batch, samples] beside a state [2, batch, 128]).
+    """
     dims = []
-    for d in value.type.tensor_type.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+    shape = value.type.tensor_type.shape.dim
+    symbolic = [i for i, d in enumerate(shape) if not (d.HasField("dim_value") and d.dim_value > 0)]
+    for axis, d in enumerate(shape):
+        if axis not in symbolic:
             dims.append(d.dim_value)
+        elif default_dim > 1 and axis > 0 and (not last_only or axis == len(shape) - 1):
+            dims.append(default_dim)
+        elif default_dim > 1:
+            dims.append(1)
         else:
-            dims.append(DEFAULT_DIM.get(d.dim_param.lower(), default_dim))
+            dims.append(DEFAULT_DIM.get(d.dim_param.lower(), 1))
     return dims
 
 
 def synthesize_inputs(model: onnx.ModelProto, count: int = 4, seed: int = 0,
-                      shapes: dict[str, list[int]] | None = None) -> list[dict[str, np.ndarray]]:
+                      shapes: dict[str, list[int]] | None = None,
+                      default_dim: int = 1, last_only: bool = False) -> list[dict[str, np.ndarray]]:
     """`count` seeded feed dicts matching the model's inputs (one sample each)."""
     rng = np.random.default_rng(seed)
     limits = _gather_table_sizes(model)
@@ -53,10 +67,13 @@ def synthesize_inputs(model: onnx.ModelProto, count: int = 4, seed: int = 0,
         for value in graph_inputs(model):
             if not value.type.HasField("tensor_type"):
                 raise InputError(f"input {value.name!r}: only tensor inputs can be synthesized")
-            shape = (shapes or {}).get(value.name) or input_shape(value)
+            shape = (shapes or {}).get(value.name) or input_shape(value, default_dim, last_only)
             if int(np.prod(shape)) > MAX_SYNTH_ELEMENTS:
                 raise InputError(f"input {value.name!r}: shape {shape} too large to synthesize; pass --inputs")
             dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+            if value.name.lower() in NAMED_INTEGERS and np.issubdtype(dtype, np.integer):
+                feeds[value.name] = np.full(shape, NAMED_INTEGERS[value.name.lower()], dtype=dtype)
+                continue
             feeds[value.name] = _random_array(rng, shape, dtype, limits.get(value.name))
         feeds_list.append(feeds)
     return feeds_list

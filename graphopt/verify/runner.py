@@ -17,7 +17,7 @@ def make_session(model: onnx.ModelProto, threads: int = 0,
                  optimize: bool = False) -> ort.InferenceSession:
     """An onnxruntime CPU session; graph optimizations off so the graph runs as written."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors surface as exceptions; keep stderr clean
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
