@@ -105,6 +105,7 @@ def _analyze_graph(graph, table: ShapeTable, constants, sparse, target, prefix="
     nodes = list(graph.node)
     qplan = qdq.plan(nodes, table, constants)
     consumers = _consumers(nodes)
+    producers = {o: n for n in nodes for o in n.output if o}
     outputs = {o.name for o in graph.output}
     dq_source = {n.output[0]: n.input[0] for n in nodes if n.op_type == "DequantizeLinear"}
     rows = []
@@ -120,10 +121,10 @@ def _analyze_graph(graph, table: ShapeTable, constants, sparse, target, prefix="
         elif i in qplan.fused:
             work.fused = qplan.fused[i]
         elif target.fuses_activations:
-            work.fused = _epilogue_fusion(node, nodes, consumers, outputs, constants)
+            work.fused = _epilogue_fusion(node, producers, consumers, outputs, constants)
         weight = node.input[1] if len(node.input) > 1 else ""
         work.sparse_weight = bool(sparse) and (weight in sparse or dq_source.get(weight) in sparse)
-        rows.append({"work": work, "node": node, "mult": mult, "io": qplan.io_types.get(i, {}),
+        rows.append({"work": work, "node": node, "mult": mult, "top": not prefix, "io": qplan.io_types.get(i, {}),
                      "unsupported": _unsupported(node, work, target)})
     return rows
 
@@ -136,11 +137,11 @@ def _consumers(nodes) -> dict[str, list]:
     return out
 
 
-def _epilogue_fusion(node, nodes, consumers, outputs, constants) -> str:
+def _epilogue_fusion(node, producers, consumers, outputs, constants) -> str:
     if node.op_type not in FUSABLE_EPILOGUE or not node.input:
         return ""
     source = node.input[0]
-    producer = next((n for n in nodes if source in n.output), None)
+    producer = producers.get(source)
     if producer is None or producer.op_type not in PRODUCERS_THAT_FUSE:
         return ""
     if len(consumers.get(source, [])) != 1 or source in outputs:
@@ -170,7 +171,7 @@ def _subgraph_rows(node, table, constants, sparse, target, prefix, mult) -> list
         costed.append(_analyze_graph(sub, table, sub_constants, sparse, target,
                                      f"{prefix}{node.name}/{attr_name}/", mult))
     if node.op_type == "If" and costed:
-        return [max(costed, key=lambda rs: sum(r["work"].macs + r["work"].read_bytes for r in rs))]
+        return max(costed, key=lambda rs: sum(r["work"].macs + r["work"].read_bytes for r in rs))
     return [r for rs in costed for r in rs]
 
 
@@ -193,7 +194,7 @@ def _weights(graph: onnx.GraphProto) -> tuple[float, int]:
 def _arena(graph, rows, table: ShapeTable, constants, optimize_order):
     """Arena over the top-level nodes that run; absorbed Q/DQ alias their tensors."""
     alias: dict[str, str] = {}
-    top = [r for r in rows if r["node"] in graph.node]
+    top = [r for r in rows if r["top"]]
     for r in top:
         node, work = r["node"], r["work"]
         if work.fused and node.op_type in ("QuantizeLinear", "DequantizeLinear", *FUSABLE_EPILOGUE) \

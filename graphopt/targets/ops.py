@@ -52,7 +52,7 @@ ELEMENTWISE = {  # FLOPs per output element
 }
 NORMS = {"BatchNormalization": 2, "LayerNormalization": 8, "InstanceNormalization": 8,
          "GroupNormalization": 8, "SimplifiedLayerNormalization": 6, "LpNormalization": 3,
-         "MeanVarianceNormalization": 8, "Softmax": 5, "LogSoftmax": 6, "Hardmax": 2}
+         "MeanVarianceNormalization": 8, "LRN": 13, "Softmax": 5, "LogSoftmax": 6, "Hardmax": 2}
 REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
           "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "CumSum",
           "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
