@@ -95,6 +95,49 @@ def test_pool_elementwise_norm_and_views():
     assert cost["macs"] == 0
 
 
+def test_norms_resize_global_pool_flops():
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["n"]),
+             helper.make_node("Resize", ["n", "", "scales"], ["r"], mode="linear"),
+             helper.make_node("LayerNormalization", ["r", "g", "bb"], ["l"], axis=-1),
+             helper.make_node("GlobalAveragePool", ["l"], ["y"])]
+    c = np.ones(2, np.float32)
+    model = make_model(nodes, [tensor("x", [1, 2, 4, 4])], [tensor("y", [1, 2, 1, 1])],
+                       {"s": c, "b": c, "m": c, "v": c, "scales": np.array([1, 1, 2, 2], np.float32),
+                        "g": np.ones(8, np.float32), "bb": np.ones(8, np.float32)})
+    _, by = rows(model)
+    assert by["BatchNormalization"]["flops"] == 2 * 32
+    assert by["Resize"]["flops"] == 2 * 4 * 128          # bilinear: 4 taps x (mul + add) per output
+    assert by["LayerNormalization"]["flops"] == 8 * 128
+    assert by["GlobalAveragePool"]["flops"] == 128
+
+
+def test_lstm_einsum_attention_macs():
+    lstm = helper.make_node("LSTM", ["x", "w", "r"], ["", "h"], hidden_size=8)
+    model = make_model([lstm], [tensor("x", [5, 1, 4])], [tensor("h", [1, 1, 8])],
+                       {"w": np.ones([1, 32, 4], np.float32), "r": np.ones([1, 32, 8], np.float32)})
+    assert estimate_cost(model, "cpu")["macs"] == 5 * 1 * (32 * 4 + 32 * 8)
+    ein = helper.make_node("Einsum", ["a", "b"], ["y"], equation="bij,bjk->bik")
+    model = make_model([ein], [tensor("a", [2, 3, 4]), tensor("b", [2, 4, 5])], [tensor("y", [2, 3, 5])])
+    assert estimate_cost(model, "cpu")["macs"] == 2 * 3 * 4 * 5
+    att = helper.make_node("Attention", ["q", "k", "v"], ["y"])
+    model = make_model([att], [tensor("q", [1, 2, 4, 8]), tensor("k", [1, 2, 6, 8]), tensor("v", [1, 2, 6, 8])],
+                       [tensor("y", [1, 2, 4, 8])], opset=23, ir_version=11)
+    assert estimate_cost(model, "cpu")["macs"] == 2 * (1 * 2 * 4 * 8) * 6   # QK^T and PV
+
+
+def test_int4_weight_only_matmul_reads_half_bytes():
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "sw"], ["wd"], axis=0, block_size=0),
+             helper.make_node("MatMul", ["x", "wd"], ["y"])]
+    wq = helper.make_tensor("wq", TensorProto.INT4, [16, 8], np.ones(128, np.int8).tolist())
+    graph = helper.make_graph(nodes, "g", [tensor("x", [1, 16])], [tensor("y", [1, 8])],
+                              [wq, helper.make_tensor("sw", F, [], [0.1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    onnx.checker.check_model(model, full_check=True)
+    cost, by = rows(model)
+    assert cost["weight_bytes"] == 64 + 4
+    assert by["MatMul"]["dtype"] == "fp32" and by["MatMul"]["bytes"] == 64 + 4 * (16 + 8)
+
+
 def test_unknown_op_counts_bytes_and_is_listed():
     node = helper.make_node("Frobnicate", ["x"], ["y"], domain="example.custom")
     graph = helper.make_graph([node], "g", [tensor("x", [1, 4])], [tensor("y", [1, 4])])
@@ -320,3 +363,14 @@ def test_cli_table_json_and_errors(tmp_path, capsys):
     assert "per-node cost on cpu" in out and "ReduceSum" in out
     assert _cli(["cost", str(path), "--target", "tpu"])[0] == 1
     assert _cli(["cost", str(path), "--input-shape", "x=a,b"])[0] == 1
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu", "npu", "mcu"])
+def test_every_builtin_prices_the_digits_models(target):
+    from models import zoo
+
+    for path in (zoo.digits_cnn(), zoo.digits_mlp(), zoo.digits_transformer()):
+        cost = estimate_cost(onnx.load(str(path)), target, per_node=True)
+        assert cost["latency_ms"] > 0 and cost["energy_mj"] > 0 and cost["macs"] > 0
+        assert cost["unknown_ops"] == {} and cost["notes"] == []
+        assert sum(r["macs"] for r in cost["nodes"]) == cost["macs"]

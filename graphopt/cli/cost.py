@@ -84,6 +84,8 @@ def render(costs: dict, label: str) -> str:
         lines.append(f"  fit: {'; '.join(cost['fit']['messages'])}")
         for op, entry in cost["unsupported_ops"].items():
             lines.append(f"  {op} x{entry['count']}: {entry['reason']} -> {entry['action']}")
+        if cost["notes"]:
+            lines.append(f"  {len(cost['notes'])} note(s), first: {cost['notes'][0]}")
         if cost["unknown_ops"]:
             lines.append("  not modelled (bytes only): " + ", ".join(f"{k} x{v}" for k, v in cost["unknown_ops"].items()))
     return "\n".join(lines)

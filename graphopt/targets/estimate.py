@@ -167,7 +167,7 @@ def _subgraph_rows(node, table, constants, sparse, target, prefix, mult) -> list
     # Loop/Scan bodies count once: trip counts are data, not shapes.
     costed = []
     for attr_name, sub in branches:
-        sub_constants = constants | {t.name for t in sub.initializer}
+        sub_constants = constants | _constants(sub, table)
         costed.append(_analyze_graph(sub, table, sub_constants, sparse, target,
                                      f"{prefix}{node.name}/{attr_name}/", mult))
     if node.op_type == "If" and costed:

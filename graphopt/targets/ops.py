@@ -110,6 +110,9 @@ def analyze(node: onnx.NodeProto, table: ShapeTable, constants: set[str],
     work = NodeWork(node.name or node.output[0], node.op_type, node.domain)
     _count_bytes(work, node, table, constants, io_types)
     _count_ops(work, node, table)
+    unknown = [o for o in node.output if o and not table.known(o)]
+    if unknown and node.op_type not in VIEW_OPS:
+        work.notes.append(f"shape of {unknown[0]} unknown: MACs and bytes undercounted")
     return work
 
 
