@@ -84,10 +84,11 @@ def resolve_pipeline(passes=None, pipeline=None, target=None) -> tuple[PipelineC
 def optimize(model, passes: str | None = None, *, pipeline=None, target: str | None = None,
              calibration_data=None, inputs=None, verify: bool = True,
              thresholds: dict | Thresholds | None = None, seed: int = 0, dump_dir=None,
-             skip_failing: bool = False, progress: bool = False) -> OptimizeResult:
+             skip_failing: bool = False, progress: bool = False,
+             input_shapes: str | None = None) -> OptimizeResult:
     """Run a pipeline on `model` and verify the result against the original."""
     config, target_obj = resolve_pipeline(passes, pipeline, target)
-    imported = _import_if_needed(model)
+    imported = _import_if_needed(model, input_shapes)
     original = imported.model if imported else as_model(model)
     warnings = validate_model(original)
     level = check_level(original)
@@ -110,6 +111,9 @@ def optimize(model, passes: str | None = None, *, pipeline=None, target: str | N
         from graphopt.importers import verify_import
 
         report["import"] = verify_import(imported, feeds)
+        if report["import"].get("passed") is False:
+            raise VerificationFailed(f"the imported ONNX model disagrees with {imported.framework} "
+                                     f"(cosine {report['import'].get('cosine')})", report)
     start = time.perf_counter()
     manager = PassManager(config.passes, instruments, skip_failing=skip_failing)
     result_model = manager.run(clone(original), ctx, report)
@@ -135,12 +139,13 @@ def _require_runnable(model: onnx.ModelProto) -> None:
         raise InputError(f"onnxruntime cannot load the input model: {first}") from err
 
 
-def _import_if_needed(model):
+def _import_if_needed(model, input_shapes=None):
+    """Framework sources (.pt2, TorchScript, sklearn, TF, HF dirs) are imported first."""
     if isinstance(model, (str, Path)) and not str(model).lower().endswith(".onnx"):
         from graphopt.importers import is_importable, import_source
 
         if is_importable(model):
-            return import_source(model)
+            return import_source(model, input_shapes=input_shapes)
     return None
 
 

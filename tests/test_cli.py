@@ -163,3 +163,16 @@ def test_console_script_module_entry_point(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "graphopt: error: missing.onnx: no such file"
+
+
+def test_optimize_imports_a_pytorch_program_and_verifies_it(tmp_path):
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10)).eval()
+    source = tmp_path / "net.pt2"
+    torch.export.save(torch.export.export(net, (torch.randn(2, 1, 8, 8),)), str(source))
+    out, report = tmp_path / "net.onnx", tmp_path / "r.json"
+    assert main(["optimize", str(source), "-o", str(out), "--passes", "cleanup", "--report", str(report), "--quiet"]) == 0
+    imported = json.loads(report.read_text())["import"]
+    assert imported["framework"] == "pytorch" and imported["passed"] and imported["cosine"] > 0.9999
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from graphopt.cli.common import add_threshold_arguments, check_output_path, thresholds_from
-from graphopt.errors import PassError
+from graphopt.errors import PassError, VerificationFailed
 
 COMMAND = "optimize"
 HELP = "optimize a model for a target with a pass pipeline, verified against the original"
@@ -14,6 +14,7 @@ HELP = "optimize a model for a target with a pass pipeline, verified against the
 def configure(parser) -> None:
     parser.add_argument("input", help="model: .onnx, or a framework file graphopt can import")
     parser.add_argument("-o", "--output", required=True, help="optimized .onnx to write")
+    parser.add_argument("--input-shapes", help="for framework sources without shapes: name:1x3x224x224,...")
     parser.add_argument("--target", help="built-in target (cpu, gpu, npu, mcu) or a target TOML file")
     spec = parser.add_mutually_exclusive_group()
     spec.add_argument("--passes", help="inline pipeline, e.g. 'cleanup,fuse,quantize{calibration=entropy}'")
@@ -45,8 +46,8 @@ def run(args) -> int:
             args.input, passes=args.passes, pipeline=args.pipeline, target=args.target,
             calibration_data=args.calibration_data, inputs=args.inputs, verify=not args.no_verify,
             thresholds=thresholds_from(args), seed=args.seed, dump_dir=args.dump_dir,
-            skip_failing=args.skip_failing, progress=show_progress())
-    except PassError as err:
+            skip_failing=args.skip_failing, progress=show_progress(), input_shapes=args.input_shapes)
+    except (PassError, VerificationFailed) as err:
         if err.report:
             for path in args.report:
                 write_report({**err.report, "error": str(err)}, path)
