@@ -6,6 +6,7 @@ within 1e-4 of the largest reference magnitude, at two batch sizes where the bat
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -356,3 +357,30 @@ def test_minilm_from_huggingface_directory(tmp_path, capsys):
     assert np.all(cosine > 0.9999)
     imported = import_source(path)
     assert verify_import(imported, [feeds])["passed"] is True
+
+    # optimize straight from the HuggingFace directory: import, verify against torch, optimize
+    report_path = tmp_path / "report.json"
+    assert main(["optimize", str(path), "-o", str(tmp_path / "opt.onnx"), "--passes", "cleanup",
+                 "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["import"]["framework"] == "sentence-transformers" and report["import"]["passed"] is True
+    assert report["import"]["cosine"] > 0.9999 and report["verification"]["passed"] is True
+
+
+@pytest.mark.slow
+def test_bare_transformers_directory(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    transformers.BertModel(config).eval().save_pretrained(tmp_path / "tiny-bert")
+    assert is_importable(tmp_path / "tiny-bert")
+    imported = import_source(tmp_path / "tiny-bert")
+    assert imported.framework == "transformers"
+    model = imported.model
+    assert [o.name for o in model.graph.output] == ["last_hidden_state", "pooler_output"]
+    assert [_dim(model.graph.output[0], a) for a in (0, 1)] == ["batch", "sequence"]
+    ids = np.random.default_rng(0).integers(1, 50, size=(3, 5), dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    result = verify_import(imported, [imported.example_feeds, feeds])
+    assert result["passed"] is True and result["framework"] == "transformers"

@@ -13,6 +13,7 @@ exercised; `batch` and `sequence` stay dynamic.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from pathlib import Path
@@ -62,6 +63,24 @@ def import_huggingface(path, opset: int = DEFAULT_OPSET) -> ImportedModel:
     except ImportError as err:
         raise InputError(f"{path}: importing HuggingFace models needs transformers ({HF_EXTRA})") from err
     path = Path(path)
+    with _no_progress_bars(transformers):
+        return _import(torch, transformers, path, opset)
+
+
+@contextlib.contextmanager
+def _no_progress_bars(transformers):
+    """transformers draws a weight-loading bar on stderr; CI logs stay quiet."""
+    hf_logging = transformers.utils.logging
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _import(torch, transformers, path: Path, opset: int) -> ImportedModel:
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         model = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)

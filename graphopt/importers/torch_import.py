@@ -378,7 +378,9 @@ def import_torchscript(path, input_shapes=None, opset: int = DEFAULT_OPSET, outp
                        example_inputs=None) -> ImportedModel:
     torch = require_torch()
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch.jit is deprecated; reading an archive still works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as err:
         raise InputError(f"{path}: not a TorchScript archive saved with torch.jit.save (a state_dict "
                          "or pickled module needs its Python class: use graphopt.import_model)") from err
