@@ -261,6 +261,10 @@ def test_sklearn_pipeline_on_digits(tmp_path):
     _assert_close(pipe.predict_proba(test), probs)
     result = verify_import(imported, [{"input": test[:100]}, {"input": test[100:]}])
     assert result["passed"] is True and result["cosine"] > 0.9999
+    wrong = verify_import(imported, [{"input": test[:4, :10]}])  # neither side can run 10 features
+    assert wrong["passed"] is False and "cannot run the verification inputs" in wrong["reason"]
+    with pytest.raises(InputError, match="fitted on 64"):
+        import_source(path, input_shapes="input:1x10")
 
 
 def test_unsupported_and_missing_sources(tmp_path):

@@ -63,5 +63,7 @@ def _summary(args, imported, result, written: bool) -> str:
     if result["passed"] is None:
         return head + f", not verified ({'; '.join(imported.notes) or 'no framework reference'})"
     verdict = "PASSED" if result["passed"] else "FAILED"
+    if result["max_abs_error"] is None:
+        return head + f", vs {result['framework']}: {verdict} ({result.get('reason', '')})"
     return (head + f", vs {result['framework']}: max_abs_error={result['max_abs_error']:.3g} "
             f"cosine={result['cosine']:.8f} {verdict}")

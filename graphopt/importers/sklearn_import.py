@@ -7,6 +7,7 @@ Classifiers are converted without ZipMap, so probabilities come out as a plain
 (decision_function when there is no predict_proba), regressors [predict(X)], and
 transformers [transform(X)], computed by scikit-learn itself.
 
+skl2onnx treats the opset as a ceiling: the model gets the lowest opset its operators need.
 Loading a pickle runs code from the file: only import files you trust.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +54,14 @@ def _final_step(estimator):
 
 def _feature_count(estimator, input_shapes) -> int:
     specs = parse_input_shapes(input_shapes) if isinstance(input_shapes, str) else list(input_shapes or [])
+    count = getattr(estimator, "n_features_in_", None)
     if specs:
         if len(specs) != 1 or len(specs[0].shape) != 2:
             raise InputError("scikit-learn models take one 2-D input: --input-shapes input:1xFEATURES")
+        if count is not None and int(count) != specs[0].shape[1]:
+            raise InputError(f"--input-shapes gives {specs[0].shape[1]} features but "
+                             f"{type(estimator).__name__} was fitted on {int(count)}")
         return specs[0].shape[1]
-    count = getattr(estimator, "n_features_in_", None)
     if count is None:
         raise InputError(f"{type(estimator).__name__} does not record n_features_in_ (not fitted?); "
                          "pass --input-shapes input:1xFEATURES")
@@ -78,8 +83,11 @@ def import_sklearn(path, input_shapes=None, opset: int = 17) -> ImportedModel:
     final = _final_step(estimator)
     options = {id(final): {"zipmap": False}} if is_classifier(final) else None
     try:
-        model = convert_sklearn(estimator, initial_types=[(INPUT_NAME, FloatTensorType([None, features]))],
-                                target_opset=opset, options=options)
+        with warnings.catch_warnings():  # skl2onnx reads attributes newer sklearn deprecates
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = convert_sklearn(estimator, initial_types=[(INPUT_NAME, FloatTensorType([None, features]))],
+                                    target_opset=opset, options=options)
     except Exception as err:  # skl2onnx raises RuntimeError/NotImplementedError for unknown estimators
         raise InputError(f"{path}: skl2onnx cannot convert {type(estimator).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
