@@ -71,14 +71,21 @@ def variants(quick: bool) -> list[tuple[str, Path, dict | None]]:
             ("mobilenetv2_224", zoo.mobilenetv2(), None), ("mobilenetv2_112", zoo.mobilenetv2(112), None),
             ("encoder_block", zoo.encoder_block(), None)]
     if not quick:
+        try:
+            out.append(("minilm_seq64", zoo.minilm(), {"input_ids": [1, 64], "attention_mask": [1, 64]}))
+        except zoo.ModelUnavailable as err:
+            log.warning("skipping minilm: %s", err)
+    if not quick:
         out += [("resnet18_112_int8", _quantized(zoo.resnet18(112), "resnet18_112_int8"), None),
                 ("mobilenetv2_112_int8", _quantized(zoo.mobilenetv2(112), "mobilenetv2_112_int8"), None)]
     third = zoo.third_party_models()
-    extra = {"ppocr_cls": None, "ppocr_rec": {"x": [1, 3, 48, 320]}, "ppocr_det": {"x": [1, 3, 320, 320]},
+    extra = {"ppocr_cls": {"x": [1, 3, 48, 192]}, "ppocr_rec": {"x": [1, 3, 48, 320]}, "ppocr_det": {"x": [1, 3, 320, 320]},
              "magika": None, "onnx_backend/light_squeezenet": None, "onnx_backend/light_shufflenet": None,
-             "onnx_backend/light_inception_v1": None}
+             "onnx_backend/light_inception_v1": None, "silero_vad_openvino_16k": None,
+             "silero_vad_16k_sequence": {"input": [8, 576]}}
     if not quick:
-        extra.update({"onnx_backend/light_resnet50": None, "onnx_backend/light_densenet121": None})
+        extra.update({"onnx_backend/light_resnet50": None, "onnx_backend/light_densenet121": None,
+                      "onnx_backend/light_inception_v2": None})
     out += [(k.split("/")[-1], third[k], v) for k, v in extra.items() if k in third]
     return out
 

@@ -170,7 +170,15 @@ def _conv(work, node, table, w_index=1, b_index=2):
         return
     work.macs = _out_numel(node, table) * int(np.prod(w[1:]))
     group = int(attr(node, "group", 1))
-    work.kind = "depthwise_conv" if group > 1 and w[1] == 1 else "conv"
+    y = table.shape(node.output[0]) or ()
+    rows = int(np.prod(y[2:])) if len(y) > 2 else 1
+    if group > 1 and w[1] == 1:
+        work.kind = "depthwise_conv"
+    elif rows < 16:
+        # im2col GEMM with fewer rows than one register tile: packing, not math, dominates.
+        work.kind = "small_matmul"
+    else:
+        work.kind = "conv"
     bias = len(node.input) > b_index and node.input[b_index]
     work.flops = 2 * work.macs + (_out_numel(node, table) if bias else 0)
 
