@@ -7,7 +7,8 @@
     builtin_targets() -> list[str]
 
 Targets are data (data/*.toml, schema in schema.py); per-node work in ops.py and qdq.py,
-pricing in roofline.py, the activation arena in memory.py, totals and fit in estimate.py.
+pricing in roofline.py, the activation arena in memory.py, the fit verdict in fit.py,
+totals in estimate.py.
 """
 
 from graphopt.targets.estimate import estimate_cost

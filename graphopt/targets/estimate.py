@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from graphopt.targets import memory, qdq
+from graphopt.targets.fit import check_fit
 from graphopt.targets.ops import VIEW_OPS, NodeWork, analyze, element_bytes
 from graphopt.targets.roofline import Placement, placement, price
 from graphopt.targets.schema import DTYPES, Target, load_target
@@ -59,7 +60,7 @@ def estimate_cost(model: onnx.ModelProto, target="cpu", per_node: bool = False,
     place = placement(target, weights_bytes, plan.arena_bytes)
     _price_rows(rows, target, place, threads)
     result = _totals(rows, target, params, weights_bytes, plan, threads)
-    result["fit"] = _fit(target, weights_bytes, plan, result["unsupported_ops"], place)
+    result["fit"] = check_fit(target, weights_bytes, plan, result["unsupported_ops"])
     result["fits"] = result["fit"]["fits"]
     result["memory_plan"] = {"arena_bytes": plan.arena_bytes, "peak_step": plan.peak_step,
                              "inplace_tensors": len(plan.inplace), "order": order_note}
@@ -260,45 +261,6 @@ def _totals(rows, target: Target, params, weight_bytes, plan, threads) -> dict:
         "nodes_executed": len(run), "nodes_total": len(rows),
         "unsupported_ops": unsupported, "unknown_ops": unknown,
     }
-
-
-def _fit(target: Target, weight_bytes: float, plan, unsupported: dict, place: Placement) -> dict:
-    demand = {"weights": weight_bytes, "activations": plan.arena_bytes}
-    levels, messages, fits = [], [], True
-    for kind, need in demand.items():
-        home = target.level(kind)
-        level = home
-        ok = need <= home.capacity_bytes
-        spill = ""
-        if not ok:
-            bigger = [lvl for lvl in target.memory[target.memory.index(home) + 1:]
-                      if not lvl.holds and lvl.capacity_bytes >= need]
-            spill = bigger[0].name if bigger else ""
-        shared = sum(demand[k] for k in demand if k != kind and k in home.holds and kind in home.holds)
-        levels.append({"kind": kind, "level": level.name, "capacity_bytes": home.capacity_bytes,
-                       "required_bytes": int(np.ceil(need)), "fits": ok, "spills_to": spill})
-        if not ok and spill:
-            messages.append(f"{kind} ({_kb(need)}) exceed {home.name} ({_kb(home.capacity_bytes)}): "
-                            f"spill to {spill}, slower")
-        elif not ok:
-            fits = False
-            messages.append(f"{kind} ({_kb(need)}) do not fit {home.name} ({_kb(home.capacity_bytes)})")
-        elif shared and need + shared > home.capacity_bytes and kind == "activations":
-            messages.append(f"weights + activations ({_kb(need + shared)}) exceed {home.name} "
-                            f"({_kb(home.capacity_bytes)}): weights stream from the next level")
-    cannot = {op: e["count"] for op, e in unsupported.items() if e["action"] == "cannot run"}
-    if cannot:
-        fits = False
-        messages.append("cannot run: " + ", ".join(f"{op} x{n}" for op, n in sorted(cannot.items())))
-    elif unsupported:
-        messages.append("falls back: " + ", ".join(f"{op} x{e['count']}" for op, e in sorted(unsupported.items())))
-    if fits and not messages:
-        messages.append("fits")
-    return {"fits": fits, "levels": levels, "messages": messages}
-
-
-def _kb(n: float) -> str:
-    return f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
 
 
 def _row(r: dict) -> dict:
