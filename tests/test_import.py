@@ -285,8 +285,8 @@ def test_unsupported_and_missing_sources(tmp_path):
 def test_tensorflow_without_tf2onnx_names_the_extra(tmp_path):
     import importlib.util
 
-    if importlib.util.find_spec("tf2onnx") is not None:
-        pytest.skip("tf2onnx is installed")
+    if all(importlib.util.find_spec(m) is not None for m in ("tf2onnx", "tensorflow")):
+        pytest.skip("tf2onnx and tensorflow are installed")
     saved = tmp_path / "saved"
     saved.mkdir()
     (saved / "saved_model.pb").write_bytes(b"")

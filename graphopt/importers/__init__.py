@@ -15,12 +15,12 @@ from pathlib import Path
 from graphopt.importers.sources import (SUPPORTED_TEXT, ImportedModel, detect, is_importable,
                                         parse_input_shapes, unsupported)
 from graphopt.importers.torch_import import DEFAULT_OPSET, import_model
-from graphopt.importers.verify import verify_import
+from graphopt.importers.verify import verification_feeds, verify_import
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_OPSET", "SUPPORTED_TEXT", "ImportedModel", "detect", "import_model", "import_source",
-           "is_importable", "parse_input_shapes", "verify_import"]
+           "is_importable", "parse_input_shapes", "verification_feeds", "verify_import"]
 
 
 def import_source(path, example_inputs=None, input_shapes=None, input_names=None, output_names=None,

@@ -26,7 +26,7 @@ from graphopt.importers.torch_import import DEFAULT_OPSET, export, module_refere
 
 log = logging.getLogger(__name__)
 
-HF_EXTRA = "pip install 'graphopt[huggingface]'"
+HF_EXTRA = "pip install 'graphopt[torch,models]'"
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 EXAMPLE_BATCH, EXAMPLE_SEQUENCE = 2, 11  # distinct from every hidden size, so axes are unambiguous
 

@@ -29,9 +29,10 @@ TIMEOUT_S = 1800
 
 def import_tensorflow(path, kind: str, opset: int = 17) -> ImportedModel:
     path = Path(path)
-    if importlib.util.find_spec("tf2onnx") is None:
-        raise InputError(f"{path}: importing TensorFlow/TFLite models needs tf2onnx, which is not "
-                         f"installed ({TF_EXTRA})")
+    missing = [name for name in ("tf2onnx", "tensorflow") if importlib.util.find_spec(name) is None]
+    if missing:  # tf2onnx imports tensorflow for SavedModel and TFLite alike
+        raise InputError(f"{path}: importing TensorFlow/TFLite models needs tf2onnx and tensorflow; "
+                         f"missing: {', '.join(missing)} ({TF_EXTRA})")
     source_flag = "--tflite" if kind == "tflite" else "--saved-model"
     with tempfile.TemporaryDirectory(prefix="graphopt-tf2onnx-") as tmp:
         target = Path(tmp) / "model.onnx"

@@ -2,10 +2,13 @@
 
 Export order: the dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`, built on
 torch.export) first; its result is accepted only if it has the requested opset, the
-requested input/output names, a symbolic dim on every requested dynamic axis and passes the
-full ONNX checker. Otherwise (it raised, or its opset down-conversion failed, which happens
-for opset < 18 with reductions) the TorchScript exporter (`dynamo=False`) is used. A
-TorchScript archive goes straight to the TorchScript exporter (torch.export cannot trace it).
+requested input/output names, a symbolic dim on every requested dynamic axis, passes the
+full ONNX checker, and reproduces torch's outputs on the example inputs in onnxruntime
+(max |onnx - torch| <= 1e-4 max |torch|). Otherwise (it raised, or its opset
+down-conversion failed, which happens for opset < 18 with reductions) the TorchScript
+exporter (`dynamo=False`) is tried under the same checks; if that fails too, InputError
+gives both reasons. A TorchScript archive goes straight to the TorchScript exporter
+(torch.export cannot trace it). The default opset is 18, the dynamo exporter's own.
 
 Modules are exported in eval mode (BatchNorm uses running stats, dropout is off) and put
 back in their previous mode afterwards. torch is imported lazily: graphopt works without it.
