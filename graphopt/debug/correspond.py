@@ -1,0 +1,94 @@
+"""Which candidate tensor holds the value of which reference tensor.
+
+Three sources, tried in order for every tensor a candidate node produces:
+1. QDQ: the output of DequantizeLinear(QuantizeLinear(x)) holds x's value up to
+   quantization error, so it corresponds to whatever x corresponds to.
+2. The rewrite log: each pass's `tensor_map` maps its new tensors to tensors of its input
+   graph holding the same value (a fused Conv's output -> the folded BN's output).
+   Chained over the passes in order, new names resolve to names of the original graph.
+3. Same name.
+A candidate tensor corresponds to a reference tensor when the resolved name is produced
+by a node of the reference graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import onnx
+
+from graphopt.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def chain_tensor_maps(records: list[dict]) -> dict[str, str]:
+    """Compose per-pass `tensor_map`s (new -> name in that pass's input) into new -> original."""
+    to_original: dict[str, str] = {}
+    for record in records:
+        step = {new: to_original.get(old, old) for new, old in (record.get("tensor_map") or {}).items()}
+        to_original.update(step)
+    return {k: v for k, v in to_original.items() if k != v}
+
+
+def load_tensor_map(source) -> dict[str, str]:
+    """A tensor map from a dict, a report dict, a report .json path, or a --dump-dir."""
+    if source is None:
+        return {}
+    if isinstance(source, dict):
+        if "passes" in source:
+            return chain_tensor_maps(source.get("passes") or [])
+        return {str(k): str(v) for k, v in source.items()}
+    if isinstance(source, (list, tuple)):
+        return chain_tensor_maps(list(source))
+    path = Path(source)
+    if path.is_dir():
+        steps = sorted(p for p in path.glob("[0-9][0-9]-*.json"))
+        if not steps:
+            raise InputError(f"{path}: no NN-pass.json step reports in this dump directory")
+        return chain_tensor_maps([_read_json(p) for p in steps])
+    if not path.is_file():
+        raise InputError(f"{path}: no such report file or dump directory")
+    report = _read_json(path)
+    if not isinstance(report, dict) or "passes" not in report:
+        raise InputError(f"{path}: not a graphopt report (no 'passes' key)")
+    return chain_tensor_maps(report["passes"])
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not readable JSON ({err})") from err
+
+
+def correspondences(reference: onnx.ModelProto, candidate: onnx.ModelProto,
+                    tensor_map: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(reference tensor, candidate tensor, how) for every candidate node output that matches."""
+    tensor_map = tensor_map or {}
+    ref_made = {o for node in reference.graph.node for o in node.output if o}
+    made = {o: node for node in candidate.graph.node for o in node.output if o}
+    pairs = []
+    for node in candidate.graph.node:
+        for out in node.output:
+            if not out:
+                continue
+            source, how = _resolve(out, made, tensor_map)
+            if source in ref_made:
+                pairs.append((source, out, how))
+    log.debug("%d candidate tensors correspond to reference tensors", len(pairs))
+    return pairs
+
+
+def _resolve(name: str, made: dict, tensor_map: dict[str, str], depth: int = 0) -> tuple[str, str]:
+    node = made.get(name)
+    if node is not None and node.op_type == "DequantizeLinear" and depth < 8:
+        quant = made.get(node.input[0])
+        if quant is not None and quant.op_type == "QuantizeLinear":
+            source, _ = _resolve(quant.input[0], made, tensor_map, depth + 1)
+            return source, "qdq"
+    if name in tensor_map:
+        return tensor_map[name], "rewrite-log"
+    return name, "name"
