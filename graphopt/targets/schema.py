@@ -16,11 +16,15 @@ test the target's name.
 from __future__ import annotations
 
 import logging
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from graphopt.errors import InputError
+
+try:  # Python 3.11+
+    import tomllib
+except ImportError:  # pragma: no cover - 3.10
+    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 
