@@ -109,8 +109,9 @@ def optimize(model, passes: str | None = None, *, pipeline=None, target: str | N
               "warnings": warnings}
     if imported:
         from graphopt.importers import verify_import
+        from graphopt.importers.verify import verification_feeds
 
-        report["import"] = verify_import(imported, feeds)
+        report["import"] = verify_import(imported, verification_feeds(imported, seed=seed))
         if report["import"].get("passed") is False:
             raise VerificationFailed(f"the imported ONNX model disagrees with {imported.framework} "
                                      f"(cosine {report['import'].get('cosine')})", report)
@@ -141,11 +142,13 @@ def _require_runnable(model: onnx.ModelProto) -> None:
 
 def _import_if_needed(model, input_shapes=None):
     """Framework sources (.pt2, TorchScript, sklearn, TF, HF dirs) are imported first."""
-    if isinstance(model, (str, Path)) and not str(model).lower().endswith(".onnx"):
+    if isinstance(model, (str, Path)) and Path(model).exists() and not str(model).lower().endswith(".onnx"):
         from graphopt.importers import is_importable, import_source
+        from graphopt.importers.sources import unsupported
 
-        if is_importable(model):
-            return import_source(model, input_shapes=input_shapes)
+        if not is_importable(model):
+            raise unsupported(Path(model))
+        return import_source(model, input_shapes=input_shapes)
     return None
 
 
