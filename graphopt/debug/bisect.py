@@ -18,8 +18,8 @@ import time
 
 import onnx
 
-from graphopt.debug.explain import _count_samples
 from graphopt.debug.sites import CachedProbe, localize
+from graphopt.debug.tensors import count_samples
 from graphopt.errors import PassError
 from graphopt.instruments import Numerics, WellFormed
 from graphopt.ir import clone
@@ -32,14 +32,16 @@ log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("cosine", "snr_db", "max_abs_error", "top1_agreement")
 
 
-def bisect(model, passes, inputs=None, thresholds=None, target=None, calibration_data=None,
-           seed: int = 0, max_site_runs: int = 64, explain: bool = True, progress: bool = False) -> dict:
-    """Run `passes` one by one, verify each step against the original, localize the first failure."""
+def bisect(model, passes=None, inputs=None, thresholds=None, target=None, calibration_data=None, *,
+           pipeline=None, seed: int = 0, max_site_runs: int = 64, explain: bool = True,
+           progress: bool = False) -> dict:
+    """Run `passes` (inline spec, list of PassSpec, or a `pipeline` TOML file) one by one,
+    verify each step against the original, and localize the first failure."""
     from graphopt.api import (_require_runnable, _thresholds, _verification_inputs, as_feeds, as_model,
                               resolve_pipeline)
     from graphopt.ir.validate import check_level, validate_model
 
-    config, target_obj = resolve_pipeline(passes, None, target)
+    config, target_obj = resolve_pipeline(passes, pipeline, target)
     original = as_model(model)
     validate_model(original)
     _require_runnable(original)
@@ -51,7 +53,7 @@ def bisect(model, passes, inputs=None, thresholds=None, target=None, calibration
     domains = set(getattr(target_obj, "contrib_domains", []))
     stepper = _Stepper(original, feeds, limits, ctx, [WellFormed(domains, check_level(original)), Numerics(feeds)])
     result = {"pipeline": ",".join(str(s) for s in config.passes), "target": target_obj.name,
-              "thresholds": limits.as_dict(), "samples": _count_samples(feeds), "steps": [], "culprit": None}
+              "thresholds": limits.as_dict(), "samples": count_samples(feeds), "steps": [], "culprit": None}
     current, records = clone(original), []
     for step, spec in enumerate(_progress(config.passes, progress), 1):
         outcome = stepper.attempt(spec, current)

@@ -24,7 +24,7 @@ import math
 import onnx
 
 from graphopt.debug.correspond import correspondences, load_tensor_map
-from graphopt.debug.tensors import SNR_CAP_DB, ErrorAccumulator, is_float_array, run_exposed
+from graphopt.debug.tensors import SNR_CAP_DB, ErrorAccumulator, count_samples, is_float_array, run_exposed
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def explain(reference, candidate, inputs=None, tensor_map=None, top: int = 10,
     first = next((row for row in layers if "snr_db" in row and 10 ** (-row["snr_db"] / 10) > threshold_nsr),
                  None)
     produced = sum(1 for node in cand.graph.node for o in node.output if o)
-    return {"samples": _count_samples(feeds), "noise_floor_db": noise_floor_db,
+    return {"samples": count_samples(feeds), "noise_floor_db": noise_floor_db,
             "tensors_compared": len(layers),
             "candidate_tensors_unmatched": produced - len({c for _, c, _ in pairs}),
             "first_divergence": first, "ranking": ranking[:top], "layers": layers}
@@ -129,13 +129,3 @@ def _growth_db(inherited_snr: float, snr: float, floor_db: float) -> float:
     floor = 10 ** (-floor_db / 10)
     nsr_in, nsr_out = 10 ** (-inherited_snr / 10), 10 ** (-snr / 10)
     return round(10 * math.log10(nsr_out + floor) - 10 * math.log10(nsr_in + floor), 4)
-
-
-def _count_samples(feeds) -> int:
-    import numpy as np
-
-    total = 0
-    for f in feeds:
-        first = next(iter(f.values()), None)
-        total += int(first.shape[0]) if first is not None and np.ndim(first) else 1
-    return total

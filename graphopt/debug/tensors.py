@@ -121,3 +121,12 @@ class ErrorAccumulator:
 
 def is_float_array(value) -> bool:
     return isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
+
+
+def count_samples(feeds_list: list[dict]) -> int:
+    """Samples in a list of feed dicts (each may hold a batch along axis 0)."""
+    total = 0
+    for feeds in feeds_list:
+        first = next(iter(feeds.values()), None)
+        total += int(first.shape[0]) if first is not None and np.ndim(first) else 1
+    return total
