@@ -192,7 +192,14 @@ def analyze(model: onnx.ModelProto) -> Coupling:
         if rule is None:
             block_inputs(cp, node, f"{node.op_type} {node.name} reads the channels")
         else:
-            rule(cp, node)
+            try:
+                rule(cp, node)
+            except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError) as err:
+                # unknown ranks / shapes make a rule inapplicable: block, never raise
+                log.debug("rule %s on %s failed: %r", node.op_type, node.name, err)
+                for name in node.output:
+                    cp.layouts.pop(name, None)
+                block_inputs(cp, node, f"{node.op_type} {cp.label(node)}: cannot analyze ({err})")
     for out in model.graph.output:
         cp.block(cp.layouts.get(out.name), f"reaches graph output {out.name}")
     log.debug("coupling: %d groups, %d actions", len(cp.groups()), len(cp.actions))

@@ -551,8 +551,8 @@ def _matmul_weight(cp, node, la, bc):
         else:
             cp.block(la, f"MatMul {node.name}: channels on a batch axis meet a constant weight")
             return
-    if bc.ndim >= 2:
-        rank = cp.rank(node.output[0])
+    rank = cp.rank(node.output[0])
+    if bc.ndim >= 2 and rank is not None:
         result = new_source(cp, node, bc.shape[-1], rank - 1)
         cp.act("slice", node, 1, bc.ndim - 1, result, "weight")
 
