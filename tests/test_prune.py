@@ -278,3 +278,49 @@ def test_global_scope_and_digits_cnn_runs():
     logits = run_model(result.model, {"input": data["input"]})["logits"]
     assert logits.shape == (len(data["label"]), 10)
     assert result.stats["macs_after"] < result.stats["macs_before"]
+
+
+class UpNet(nn.Module):
+    """ConvTranspose source, Resize by sizes, Sigmoid-gated squeeze-excitation, Gemm head."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(3, 8, 2, stride=2)
+        self.se1, self.se2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.conv = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 8 * 8, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.up(x))
+        y = y * torch.relu(self.se2(torch.relu(self.se1(y.mean((2, 3), keepdim=True)))))
+        y = nn.functional.interpolate(torch.relu(self.conv(y)), size=(8, 8), mode="nearest")
+        return self.fc(y.flatten(1))
+
+
+def test_convtranspose_resize_se_flatten_gemm_exact():
+    result = assert_exact(export(UpNet(), (1, 3, 4, 4)), (1, 3, 4, 4), ratio=0.5)
+    gemm = next(n for n in result.model.graph.node if n.op_type == "Gemm")
+    inits = {t.name: t for t in result.model.graph.initializer}
+    assert list(inits[gemm.input[1]].dims) == [5, 3 * 8 * 8]  # channel x spatial rows
+
+
+def test_deterministic_and_skip_sites():
+    model = export(ResNet(), (1, 3, 8, 8))
+    a = create_pass("prune-channels", {"ratio": 0.5}).run(model, PassContext())
+    b = create_pass("prune-channels", {"ratio": 0.5}).run(model, PassContext())
+    assert a.model.SerializeToString(deterministic=True) == b.model.SerializeToString(deterministic=True)
+    skipped = create_pass("prune-channels", {"ratio": 0.5}).run(
+        model, PassContext(skip_sites=frozenset(a.sites[:1])))
+    assert a.sites[0] not in skipped.sites and len(skipped.sites) == len(a.sites) - 1
+
+
+@pytest.mark.slow
+def test_resnet18_half_ratio_drops_macs():
+    from models import zoo
+    from graphopt.verify import synthesize_inputs
+    model = onnx.load(str(zoo.resnet18(112)))
+    result = create_pass("prune-channels", {"ratio": 0.5}).run(model, PassContext())
+    assert result.stats["macs_after"] <= 0.6 * result.stats["macs_before"]
+    check_model(result.model, full=True)
+    feeds = synthesize_inputs(result.model, count=1)[0]
+    assert run_model(result.model, feeds)["logits"].shape == (feeds["input"].shape[0], 1000)
