@@ -10,7 +10,7 @@ entropy     TensorRT's KL calibration on the |x| histogram: for each candidate t
 mse         minimise the expected squared quantization error of the histogram:
             E(t) = sum_inside n * s^2 / 12 (uniform rounding noise, s = scale for t)
                  + sum_outside n * (|x| - t)^2 (clipping), over candidate ranges
-            [a * lo, a * hi], a in (0, 1].
+            [max(lo, -t), min(hi, t)], t on a geometric grid up to max |x|.
 All methods read the same TensorStats, so the data is run once whatever the method.
 """
 
@@ -22,7 +22,7 @@ from graphopt.calibration.histogram import TensorStats
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 MAX_ENTROPY_CANDIDATES = 384
-MSE_CANDIDATES = 128
+MSE_CANDIDATES = 200
 
 
 def compute_range(stats: TensorStats, method: str, *, symmetric: bool, qmin: int, qmax: int,
@@ -108,11 +108,12 @@ def _mse(stats, symmetric, qmin, qmax, lo, hi):
     centers = edges + stats.bin_width() / 2
     keep = counts > 0
     counts, centers = counts[keep], centers[keep]
-    factors = np.linspace(1.0 / MSE_CANDIDATES, 1.0, MSE_CANDIDATES)[:, None]
-    los, his = lo * factors, hi * factors
+    amax = max(-lo, hi)
+    # geometric grid: heavy tails put the optimum far below the max
+    t = amax * np.geomspace(1e-3, 1.0, MSE_CANDIDATES)[:, None]
+    los, his = np.maximum(lo, -t), np.minimum(hi, t)
     if symmetric:
-        amax = np.maximum(-los, his)
-        los, his = -amax, amax
+        los, his = -t, t
     scale = (his - los) / (qmax - qmin)
     clipped = np.clip(centers[None, :], los, his)
     inside = (centers[None, :] >= los) & (centers[None, :] <= his)
