@@ -63,7 +63,7 @@ def run(args) -> int:
         print(f"graphopt: verification failed: {failures}" + ("" if args.force else " (model not written)"),
               file=sys.stderr)
         return 2
-    result.save(args.output, force=True)
+    result.save(args.output, force=args.force)  # also guards OUT.data of a >2 GB model
     return 0
 
 
@@ -77,3 +77,5 @@ def _check_report_path(path, force) -> None:
         raise InputError(f"{report}: report must end in .json, .md or .html")
     if not report.parent.exists():
         raise InputError(f"{report.parent}: report directory does not exist")
+    if report.exists() and not force:
+        raise InputError(f"{report}: report exists (use --force to overwrite)")

@@ -1,9 +1,17 @@
 """Loading and saving models without surprises.
 
 Loading keeps opsets, metadata and names; external data is read only from inside the
-model's own directory (a `location` that escapes it is refused). Saving is atomic: the
-model is written to a temporary file beside the target and renamed, so a failure never
-leaves a half-written output; models over 2 GB are written with external data.
+model's own directory (a `location` that escapes it by `..`, an absolute path or a symlink
+is refused), and only after its range is checked: 0 <= offset, offset + length <= file
+size, and length == the bytes the tensor's shape and type declare (which must stay under
+MAX_TENSOR_BYTES), so a hostile file cannot make us read gigabytes. Files over 2 GB cannot
+be one protobuf and are refused before reading.
+
+Saving is atomic: the model is written to a temporary file beside the target and renamed
+(rename within one directory is atomic on POSIX), so a failure never leaves a half-written
+output; models over 2 GB are written with external data `<name>.data` beside the output.
+Write failures (disk full, a directory in the way) are the user's environment, not a
+compiler bug: they raise InputError.
 """
 
 from __future__ import annotations
@@ -16,9 +24,11 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from graphopt.errors import InputError
+from graphopt.ir.tensorsize import check_declared_size, declared_bytes
 
 PROTOBUF_LIMIT = 2**31 - 1
 SUPPORTED_IR_VERSIONS = range(3, 12)
+SAVE_EXTERNAL_ABOVE = PROTOBUF_LIMIT  # serialized size above which save_model writes <name>.data
 
 
 def load_model(path, load_external_data: bool = True) -> onnx.ModelProto:
@@ -29,6 +39,10 @@ def load_model(path, load_external_data: bool = True) -> onnx.ModelProto:
     if not path.is_file():
         raise InputError(f"{path}: not a regular file")
     try:
+        size = path.stat().st_size
+        if size > PROTOBUF_LIMIT:
+            raise InputError(f"{path}: {size / 2**30:.1f} GiB is over protobuf's 2 GB limit; "
+                             "not a single-file ONNX model")
         data = path.read_bytes()
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror})") from err
@@ -71,18 +85,49 @@ def _has_external_data(model: onnx.ModelProto) -> bool:
 def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
     base = base.resolve()
     for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        target = (base / location).resolve()
-        if os.path.isabs(location) or base not in target.parents:
-            raise InputError(
-                f"tensor {tensor.name!r}: external data location {location!r} "
-                "points outside the model's directory; refused"
-            )
-        if not target.is_file():
-            raise InputError(f"tensor {tensor.name!r}: external data file {location!r} not found")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _check_external_tensor(tensor, base)
+
+
+def _check_external_tensor(tensor: onnx.TensorProto, base: Path) -> None:
+    label = f"tensor {tensor.name!r}"
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    if not location or "\0" in location:
+        raise InputError(f"{label}: external data has no usable location")
+    # resolve() follows symlinks, so a link inside the directory pointing out is caught too
+    target = (base / location).resolve()
+    if os.path.isabs(location) or base not in target.parents:
+        raise InputError(f"{label}: external data location {location!r} "
+                         "points outside the model's directory; refused")
+    if not target.is_file():
+        raise InputError(f"{label}: external data file {location!r} not found")
+    check_declared_size(tensor, label)
+    offset = _external_int(info, "offset", 0, label)
+    available = target.stat().st_size - offset
+    if available < 0:
+        raise InputError(f"{label}: external data offset {offset} is past the end of {location!r} "
+                         f"({target.stat().st_size} bytes)")
+    length = _external_int(info, "length", available, label)
+    if length > available:
+        raise InputError(f"{label}: external data range offset {offset} + length {length} "
+                         f"exceeds {location!r} ({target.stat().st_size} bytes)")
+    expected = declared_bytes(tensor)
+    if expected is not None and length != expected:
+        raise InputError(f"{label}: external data length {length} bytes does not match shape "
+                         f"{list(tensor.dims)} ({expected} bytes)")
+
+
+def _external_int(info: dict, key: str, default: int, label: str) -> int:
+    if key not in info:
+        return default
+    try:
+        value = int(info[key])
+    except ValueError:
+        raise InputError(f"{label}: external data {key} {info[key]!r} is not an integer") from None
+    if value < 0:
+        raise InputError(f"{label}: external data {key} {value} is negative")
+    return value
 
 
 def save_model(model: onnx.ModelProto, path, force: bool = True) -> Path:
@@ -90,14 +135,24 @@ def save_model(model: onnx.ModelProto, path, force: bool = True) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise InputError(f"{path}: output exists (use --force to overwrite)")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give a file name for the output")
     if not path.parent.exists():
         raise InputError(f"{path.parent}: output directory does not exist")
-    if model.ByteSize() > PROTOBUF_LIMIT:
-        return _save_with_external_data(model, path)
+    try:
+        if model.ByteSize() > SAVE_EXTERNAL_ABOVE:
+            return _save_with_external_data(model, path, force)
+        return _save_single_file(model, path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write ({err.strerror or err})") from err
+
+
+def _save_single_file(model: onnx.ModelProto, path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(model.SerializeToString(deterministic=True))
+        _default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
@@ -105,14 +160,26 @@ def save_model(model: onnx.ModelProto, path, force: bool = True) -> Path:
     return path
 
 
-def _save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
+def _default_permissions(path) -> None:
+    """mkstemp creates 0600; give the output the mode a plain open() would (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path, force: bool) -> Path:
     data_name = path.name + ".data"
+    if (path.parent / data_name).exists() and not force:
+        raise InputError(f"{path.parent / data_name}: external data file exists (use --force to overwrite)")
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         onnx.save_model(copy, str(tmpdir / path.name), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        for written in (tmpdir / data_name, tmpdir / path.name):
+            _default_permissions(written)
+        # data first: a reader of the new model file must always find its data
         os.replace(tmpdir / data_name, path.parent / data_name)
         os.replace(tmpdir / path.name, path)
     finally:

@@ -19,11 +19,12 @@ from onnx import helper
 from graphopt.errors import InputError
 from graphopt.ir.rewrite import topological_order
 from graphopt.ir.subgraphs import iter_graphs
+from graphopt.ir.tensorsize import MAX_TENSOR_BYTES, PACKED_BITS, check_declared_size, declared_bytes, element_count, value_bits
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 7
-MAX_TENSOR_BYTES = 8 << 30
+__all__ = ["MAX_TENSOR_BYTES", "MIN_OPSET", "check_level", "validate_model"]
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
 
 
@@ -33,9 +34,12 @@ def validate_model(model: onnx.ModelProto) -> list[str]:
     _check_opsets(model, warnings)
     for graph in iter_graphs(model.graph):
         _check_tensors(graph, warnings)
+    # cycles first: in a cycle every name looks "read before defined", a misleading message
+    for graph in iter_graphs(model.graph):
+        if topological_order(graph) is None:
+            where = "graph" if graph is model.graph else f"subgraph {graph.name!r}"
+            raise InputError(f"{where} has a cycle")
     _check_names(model.graph, set())
-    if topological_order(model.graph) is None:
-        raise InputError("graph has a cycle")
     return warnings
 
 
@@ -67,18 +71,11 @@ def _check_tensors(graph: onnx.GraphProto, warnings: list[str]) -> None:
 
 def _check_tensor(tensor: onnx.TensorProto, warnings: list[str], owner: str | None = None) -> None:
     label = f"tensor {tensor.name or owner!r}"
-    if any(d < 0 for d in tensor.dims):
-        raise InputError(f"{label}: negative dimension {list(tensor.dims)}")
-    count = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
-    try:
-        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{label}: unknown data type {tensor.data_type}") from None
-    if count * itemsize > MAX_TENSOR_BYTES:
-        raise InputError(f"{label}: declared size {list(tensor.dims)} would need {count * itemsize / 2**30:.1f} GiB")
+    check_declared_size(tensor, label)
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return
-    stored = _stored_elements(tensor, itemsize)
+    count = element_count(tensor)
+    stored = _stored_elements(tensor)
     if stored is not None and stored != count:
         raise InputError(f"{label}: shape {list(tensor.dims)} holds {count} values but the data has {stored}")
     if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16) and count:
@@ -88,18 +85,22 @@ def _check_tensor(tensor: onnx.TensorProto, warnings: list[str], owner: str | No
             warnings.append(f"{label}: {bad} NaN/Inf value(s)")
 
 
-def _stored_elements(tensor: onnx.TensorProto, itemsize: int) -> int | None:
+def _stored_elements(tensor: onnx.TensorProto) -> int | None:
+    """Values the tensor's data holds (raw bytes or typed fields); None when not countable."""
     if tensor.HasField("raw_data"):
-        if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-            return None  # packed two per byte
-        return len(tensor.raw_data) // itemsize if itemsize else None
+        bits = value_bits(tensor.data_type)
+        if bits is None:
+            return None
+        if bits < 8:  # packed sub-byte values: the byte count decides, padding included
+            return element_count(tensor) if len(tensor.raw_data) == declared_bytes(tensor) else \
+                len(tensor.raw_data) * 8 // bits
+        return len(tensor.raw_data) // (bits // 8)
     for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
         values = getattr(tensor, field)
         if len(values):
             if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
                 return len(values) // 2
-            if tensor.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                                    onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            if tensor.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16) or tensor.data_type in PACKED_BITS:
                 return None
             return len(values)
     if len(tensor.string_data):

@@ -81,7 +81,7 @@ def allclose_relative(refs: list[np.ndarray], cands: list[np.ndarray],
     if ref.shape != cand.shape:
         return False, float("inf")
     same_nonfinite = np.array_equal(~np.isfinite(ref), ~np.isfinite(cand)) and np.array_equal(
-        ref[~np.isfinite(ref)], cand[~np.isfinite(cand)])
+        ref[~np.isfinite(ref)], cand[~np.isfinite(cand)], equal_nan=True)
     if not same_nonfinite:
         return False, float("inf")
     finite = np.isfinite(ref)
