@@ -1,0 +1,276 @@
+"""The `quantize` pass: QDQ placement per op, scales, biases, modes, int4, exclude, numerics."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import make_model, tensor
+from graphopt.passes import PassContext, create_pass
+from graphopt.quantization import params as qp
+
+RNG = np.random.default_rng(0)
+
+
+def _w(*shape):
+    return (RNG.standard_normal(shape) * 0.3).astype(np.float32)
+
+
+def _feeds(model, n=4, batch=4):
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(n):
+        feed = {}
+        for i in model.graph.input:
+            if i.name in {t.name for t in model.graph.initializer}:
+                continue
+            shape = [d.dim_value or batch for d in i.type.tensor_type.shape.dim]
+            feed[i.name] = rng.standard_normal(shape).astype(np.float32)
+        out.append(feed)
+    return out
+
+
+def _quantize(model, data=None, **options):
+    return create_pass("quantize", options).run(model, PassContext(calibration_data=data or _feeds(model)))
+
+
+def _ops(model):
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def _run(model, feed):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, feed)[0]
+
+
+def _cosine(a, b):
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def _inits(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _dq_of(model, reader_op, index):
+    made = {o: n for n in model.graph.node for o in n.output}
+    reader = next(n for n in model.graph.node if n.op_type == reader_op)
+    return made[reader.input[index]]
+
+
+def conv_relu_model(bias=True):
+    nodes = [helper.make_node("Conv", ["x", "w", "b"] if bias else ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4, 6, 6])],
+                      {"w": _w(8, 3, 3, 3), "b": _w(8), "w2": _w(4, 8, 3, 3)})
+
+
+def test_conv_relu_conv_placement_and_relu_folding():
+    model = conv_relu_model()
+    result = _quantize(model)
+    ops = _ops(result.model)
+    assert ops == {"Conv": 2, "QuantizeLinear": 3, "DequantizeLinear": 3 + 2 + 1}  # acts, 2 weights, 1 bias
+    assert "Relu" not in ops and result.stats["relu_clip_folded"] == 1
+    relu_q = next(n for n in result.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "r")
+    assert _inits(result.model)[relu_q.input[2]] == 0  # zero point = qmin: the Q is the ReLU
+    feed = _feeds(model, 1)[0]
+    assert _cosine(_run(model, feed), _run(result.model, feed)) > 0.999
+    assert result.stats["nodes_quantized"] == {"Conv": 2}
+    assert set(result.stats["weight_error"]) == {"Conv#0", "Conv#2"}
+
+
+def test_per_channel_scales_and_int32_bias_scale():
+    result = _quantize(conv_relu_model())
+    inits = _inits(result.model)
+    w_dq = _dq_of(result.model, "Conv", 1)
+    assert inits[w_dq.input[0]].dtype == np.int8 and inits[w_dq.input[1]].shape == (8,)
+    assert {a.name: a.i for a in w_dq.attribute}["axis"] == 0
+    b_dq = _dq_of(result.model, "Conv", 2)
+    x_dq = _dq_of(result.model, "Conv", 0)
+    assert inits[b_dq.input[0]].dtype == np.int32
+    np.testing.assert_allclose(inits[b_dq.input[1]], inits[x_dq.input[1]] * inits[w_dq.input[1]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("op,shape,attrs,axis", [
+    ("ConvTranspose", (3, 5, 2, 2), {}, 1),
+    ("Gemm", (6, 5), {"transB": 1}, 0),
+    ("Gemm", (5, 6), {"transB": 0}, 1),
+    ("MatMul", (5, 6), {}, 1),
+])
+def test_per_channel_axis_from_the_axes_table(op, shape, attrs, axis):
+    if op == "ConvTranspose":
+        x, out = tensor("x", ["N", 3, 4, 4]), tensor("h", ["N", 5, 6, 6])
+        inits = {"w": _w(*shape), "w2": _w(5, 5, 2, 2)}
+    else:
+        x, out = tensor("x", ["N", 5]), tensor("h", ["N", 6])
+        inits = {"w": _w(*shape), "w2": _w(6, 6)}
+    nodes = [helper.make_node(op, ["x", "w"], ["y"], **attrs), helper.make_node("Relu", ["y"], ["r"]),
+             helper.make_node(op, ["r", "w2"], ["h"], **attrs)]
+    model = make_model(nodes, [x], [out], inits)
+    result = _quantize(model)
+    dq = _dq_of(result.model, op, 1)
+    assert {a.name: a.i for a in dq.attribute}.get("axis") == axis
+    assert _inits(result.model)[dq.input[1]].shape == (shape[axis],)
+    feed = _feeds(model, 1)[0]
+    assert _cosine(_run(model, feed), _run(result.model, feed)) > 0.99
+
+
+def test_matmul_output_stays_float_when_no_quantized_reader():
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Softmax", ["y"], ["z"])],
+                       [tensor("x", ["N", 8])], [tensor("z", ["N", 4])], {"w": _w(8, 4)})
+    ops = _ops(_quantize(model).model)
+    assert ops == {"MatMul": 1, "Softmax": 1, "QuantizeLinear": 1, "DequantizeLinear": 2}
+
+
+def test_activation_matmul_quantizes_both_operands():
+    model = make_model([helper.make_node("MatMul", ["a", "b"], ["y"])],
+                       [tensor("a", ["N", 4, 8]), tensor("b", ["N", 8, 4])], [tensor("y", ["N", 4, 4])])
+    ops = _ops(_quantize(model).model)
+    assert ops == {"MatMul": 1, "QuantizeLinear": 2, "DequantizeLinear": 2}
+
+
+def residual_model():
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("Concat", ["s", "a"], ["c"], axis=1),
+             helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1)]
+    return make_model(nodes, [tensor("x", ["N", 2, 4, 4])], [tensor("y", ["N", 3])],
+                      {"w1": _w(4, 2, 3, 3), "w2": _w(4, 2, 3, 3), "wf": _w(3, 32), "bf": _w(3)})
+
+
+def test_add_concat_pool_flatten_placement_with_shared_scales():
+    model = residual_model()
+    result = _quantize(model)
+    assert result.stats["nodes_quantized"] == {"Add": 1, "Concat": 1, "Conv": 2, "Flatten": 1, "Gemm": 1,
+                                               "MaxPool": 1}
+    qs = {n.input[0]: n for n in result.model.graph.node if n.op_type == "QuantizeLinear"}
+    assert set(qs) == {"x", "a", "b", "s", "c", "p", "f"}  # Gemm output is a float graph output
+    inits = _inits(result.model)
+    shared = {float(inits[qs[t].input[1]]) for t in ("s", "a", "c", "p", "f")}
+    assert len(shared) == 1  # Concat inputs/output and pass-through ops share one scale
+    feed = _feeds(model, 1)[0]
+    assert _cosine(_run(model, feed), _run(result.model, feed)) > 0.995
+
+
+def test_activation_params_hand_computed():
+    p = qp.activation_params(-1.0, 3.0, "uint8", symmetric=False)
+    assert float(p.scale) == pytest.approx(4.0 / 255) and int(p.zero_point) == 64
+    p = qp.activation_params(-1.0, 3.0, "int8", symmetric=True)
+    assert float(p.scale) == pytest.approx(3.0 / 127.5) and int(p.zero_point) == 0
+    p = qp.activation_params(0.0, 2.0, "int8", symmetric=False)
+    assert int(p.zero_point) == -128
+
+
+def test_int8_activations_symmetric_keep_relu():
+    result = _quantize(conv_relu_model(), activation_type="int8", symmetric_activations=True)
+    ops = _ops(result.model)
+    assert ops["Relu"] == 1 and result.stats["relu_clip_folded"] == 0
+    zps = [numpy_helper.to_array(t) for t in result.model.graph.initializer if t.name.endswith("zero_point")]
+    assert all(z.dtype == np.int8 and not z.any() for z in zps)
+
+
+def test_dynamic_mode_runs_in_onnxruntime():
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                        helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], transB=1)],
+                       [tensor("x", ["N", 16])], [tensor("y", ["N", 4])],
+                       {"w": _w(16, 8), "w2": _w(4, 8), "b2": _w(4)})
+    result = _quantize(model, mode="dynamic")
+    ops = _ops(result.model)
+    assert ops["DynamicQuantizeLinear"] == 2 and ops["MatMulInteger"] == 2 and "QuantizeLinear" not in ops
+    feed = _feeds(model, 1)[0]
+    assert _cosine(_run(model, feed), _run(result.model, feed)) > 0.999
+
+
+def test_weight_only_int8_and_int4_blocks():
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [tensor("x", ["N", 64])],
+                       [tensor("y", ["N", 16])], {"w": _w(64, 16)})
+    feed = _feeds(model, 1)[0]
+    int8 = _quantize(model, mode="weight-only")
+    assert _ops(int8.model) == {"MatMul": 1, "DequantizeLinear": 1}
+    int4 = _quantize(model, mode="weight-only", weight_type="int4", block_size=16)
+    dq = _dq_of(int4.model, "MatMul", 1)
+    attrs = {a.name: a.i for a in dq.attribute}
+    assert attrs == {"axis": 0, "block_size": 16}
+    stored = next(t for t in int4.model.graph.initializer if t.name == dq.input[0])
+    assert stored.data_type == TensorProto.INT4 and len(stored.raw_data) == 64 * 16 // 2  # two per byte
+    assert _inits(int4.model)[dq.input[1]].shape == (4, 16)
+    assert int4.model.opset_import[0].version >= 21
+    ref = _run(model, feed)
+    assert _cosine(ref, _run(int8.model, feed)) > 0.9999
+    assert _cosine(ref, _run(int4.model, feed)) > 0.99
+
+
+def test_int4_block_packing_roundtrip():
+    w = _w(40, 3)
+    q, s = qp.weight_int4_blocks(w, axis=0, block=16)
+    assert s.shape == (3, 3) and q.min() >= -7 and q.max() <= 7
+    np.testing.assert_allclose(qp.dequantize_blocks(q, s, 0, 16), w, atol=float(s.max()) / 2 + 1e-7)
+
+
+@pytest.mark.parametrize("exclude", [["second"], ["Gemm"], ["sec.*"]])
+def test_exclude_by_name_type_and_regex(exclude):
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], name="first"),
+             helper.make_node("Gemm", ["h", "w2"], ["y"], name="second")]
+    model = make_model(nodes, [tensor("x", ["N", 8])], [tensor("y", ["N", 4])], {"w": _w(8, 8), "w2": _w(8, 4)})
+    result = _quantize(model, exclude=exclude)
+    quantized = result.stats.get("nodes_quantized", {})
+    if exclude == ["Gemm"]:
+        assert not result.changed and result.model is model
+    else:
+        assert quantized == {"Gemm": 1} and "second: kept in float (excluded)" in result.notes
+
+
+def test_no_quantizable_op_leaves_model_unchanged():
+    model = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Softmax", ["r"], ["y"])],
+                       [tensor("x", ["N", 4])], [tensor("y", ["N", 4])])
+    before = model.SerializeToString()
+    result = _quantize(model)
+    assert not result.changed and result.model.SerializeToString() == before
+    assert any("no quantizable node" in n for n in result.notes)
+
+
+def test_synthetic_calibration_is_noted():
+    result = create_pass("quantize").run(conv_relu_model(), PassContext())
+    assert result.changed and any("synthetic" in n for n in result.notes)
+
+
+def test_mask_like_range_stays_float():
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "mask"], ["s"]),
+             helper.make_node("MatMul", ["s", "w2"], ["y"])]
+    model = make_model(nodes, [tensor("x", ["N", 8]), tensor("mask", ["N", 8])], [tensor("y", ["N", 4])],
+                       {"w": _w(8, 8), "w2": _w(8, 4)})
+    data = [{"x": RNG.standard_normal((4, 8)).astype(np.float32),
+             "mask": np.where(RNG.random((4, 8)) > 0.5, 0, -3.4e38).astype(np.float32)}]
+    result = _quantize(model, data)
+    assert "Add" not in result.stats["nodes_quantized"]
+    assert any("mask-like" in n for n in result.notes)
+
+
+def test_mixed_precision_keeps_sensitive_layers_float():
+    model = conv_relu_model()
+    data = _feeds(model)
+    strict = _quantize(model, data, min_cosine=0.999999)
+    info = strict.stats["mixed_precision"]
+    assert info["kept_float"] and set(info["sensitivity"]) == {"Conv#0", "Conv#2"}
+    loose = _quantize(model, data, min_cosine=0.5)
+    assert loose.stats["mixed_precision"]["kept_float"] == []
+
+
+def test_digits_cnn_accuracy_within_half_a_point():
+    from models import zoo
+
+    model = onnx.load(str(zoo.digits_cnn()))
+    calib, test = zoo.digits_data("calib"), zoo.digits_data("test")
+    result = _quantize(model, [{"input": calib["input"]}], calibration="percentile")
+    acc = [float((_run(m, {"input": test["input"]}).argmax(1) == test["label"]).mean())
+           for m in (model, result.model)]
+    assert acc[1] >= acc[0] - 0.005
+    onnx.checker.check_model(result.model, full_check=True)
