@@ -249,15 +249,35 @@ def test_exclude_regex_and_min_channels():
     assert result.stats["groups"][0]["channels_after"] == 4
 
 
-def test_grouped_conv_blocked_with_reason():
+class GroupedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.g = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 12, 3, padding=1, groups=4)
+        self.b = nn.Conv2d(12, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.g(torch.relu(self.a(x)))))
+
+
+def test_grouped_conv_prunes_whole_groups_exact():
+    result = assert_exact(export(GroupedNet(), (1, 3, 4, 4)), (1, 3, 4, 4), ratio=0.5)
+    g = next(n for n in result.model.graph.node if n.op_type == "Conv" and
+             any(a.name == "group" and a.i > 1 for a in n.attribute))
+    assert next(a.i for a in g.attribute if a.name == "group") == 2
+    rows = sorted((r["unit_channels"], r["channels_before"], r["channels_after"]) for r in result.stats["groups"])
+    assert (2, 8, 4) in rows  # input channels pruned two at a time (one conv group)
+
+
+def test_grouped_conv_across_concat_blocked_with_reason():
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], name="c1"),
-             helper.make_node("Conv", ["h", "w2"], ["y"], group=2, name="grouped")]
-    model = make_model(nodes, [tensor("x", [1, 2, 3, 3])], [tensor("y", [1, 4, 3, 3])],
-                       {"w1": rng.standard_normal((8, 2, 1, 1)).astype(np.float32),
-                        "w2": rng.standard_normal((4, 4, 1, 1)).astype(np.float32)})
+             helper.make_node("Concat", ["h", "x"], ["hx"], axis=1, name="cat"),
+             helper.make_node("Conv", ["hx", "w2"], ["y"], group=2, name="grouped")]
+    model = make_model(nodes, [tensor("x", [1, 1, 3, 3])], [tensor("y", [1, 4, 3, 3])],
+                       {"w1": rng.standard_normal((3, 1, 1, 1)).astype(np.float32),
+                        "w2": rng.standard_normal((4, 2, 1, 1)).astype(np.float32)})
     result = create_pass("prune-channels", {"ratio": 0.5}).run(model, PassContext())
-    assert not result.changed and any("grouped convolution (2 groups)" in n for n in result.notes)
+    assert not result.changed and any("straddles" in n for n in result.notes)
 
 
 def test_activation_criterion_keeps_active_units():

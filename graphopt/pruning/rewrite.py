@@ -65,7 +65,7 @@ class Rewriter:
     def _group(self, node, action):
         for a in node.attribute:
             if a.name == "group":
-                a.i = len(self.kept(action.segs))
+                a.i = len(self.kept(action.segs)) // (action.extra or 1)
 
     def _shape(self, node, action):
         size = len(self.kept(action.segs))

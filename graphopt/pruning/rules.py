@@ -7,6 +7,7 @@ See coupling.py for the overall walk and layout.py for the element <-> unit mapp
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -486,15 +487,42 @@ def conv(cp, node):
             cp.sink_inputs.append((node.input[0], lay))
         result = new_source(cp, node, w.shape[axes.output] * (1 if node.op_type == "Conv" else groups), 1)
         _slice_weight_and_bias(cp, node, axes.output, result)
-    elif node.op_type == "Conv" and lay is not None and w.shape[1] == 1 and groups == lay.size:
-        result = lay.scaled(w.shape[0] // groups)  # depthwise: output channel = input channel
-        cp.act("slice", node, 1, 0, result, "weight")
-        cp.act("group", node, 0, 1, lay)
-        if len(node.input) > 2 and node.input[2]:
-            cp.act("slice", node, 2, 0, result, "bias")
-        out(cp, node, result)
+    elif node.op_type == "Conv" and lay is not None:
+        reason = _grouped(cp, node, lay, w, groups)
+        if reason:
+            cp.block(lay, f"Conv {node.name}: grouped convolution ({groups} groups): {reason}")
     else:
         cp.block(lay, f"{node.op_type} {node.name}: grouped convolution ({groups} groups)")
+
+
+def _grouped(cp, node, lay, w, groups) -> str | None:
+    """Grouped / depthwise Conv: whole conv groups are pruned, `group` shrinks with them.
+
+    With c input and o output channels per conv group, output element e belongs to conv
+    group e // o, fed by input elements [g*c, (g+1)*c): the output layout is the input
+    layout scaled by o/c, and the unit must cover whole conv groups (c elements).
+    """
+    c, o = w.shape[1], w.shape[0] // groups
+    if c * groups != lay.size:
+        return "channel count does not match"
+    offset = 0
+    for seg in lay.segs:
+        if offset % c or seg.size % c:
+            return "a conv group straddles two coupled groups"
+        offset += seg.size
+        if seg.group is not None:
+            per_group = Fraction(c) / seg.scale
+            if per_group.denominator != 1:
+                return "a conv group splits a channel"
+            g = cp.group(seg.group)
+            g.unit = math.lcm(g.unit, int(per_group))
+    result = lay.scaled(Fraction(o, c))
+    cp.act("slice", node, 1, 0, result, "weight")
+    cp.act("group", node, 0, 1, lay, extra=c)
+    if len(node.input) > 2 and node.input[2]:
+        cp.act("slice", node, 2, 0, result, "bias")
+    out(cp, node, result)
+    return None
 
 
 def _slice_weight_and_bias(cp, node, out_axis, result):
