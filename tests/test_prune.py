@@ -13,7 +13,7 @@ import io
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from graphopt.ir import check_model
 from graphopt.passes import PassContext, create_pass

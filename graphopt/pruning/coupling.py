@@ -178,6 +178,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
 
 def analyze(model: onnx.ModelProto) -> Coupling:
     """Run the rules over a topologically sorted, shape-inferred model."""
+    from graphopt.pruning import rules_linear, rules_shape  # noqa: F401 - register their rules
     from graphopt.pruning.rules import RULES, block_inputs
 
     cp = Coupling(model)
