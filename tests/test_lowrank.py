@@ -229,3 +229,16 @@ def test_lossless_default_through_optimize():
     step = result.report["passes"][0]
     assert step["changed"] and step["stats"]["layers_split"] == 1
     assert result.report["verification"]["passed"]
+
+
+def test_float16_weight_split_keeps_dtype():
+    weight = low_rank_matrix(96, 80, 8).astype(np.float16)
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], "mm")
+    model = make_model([node], [tensor("x", [3, 96], onnx.TensorProto.FLOAT16)],
+                       [tensor("y", [3, 80], onnx.TensorProto.FLOAT16)], {"w": weight})
+    feeds = {"x": np.random.default_rng(2).standard_normal((3, 96)).astype(np.float16)}
+    result = run_pass(model, feeds=[feeds])
+    assert result.stats["layers"]["mm"]["k"] == 8
+    assert {t.data_type for t in result.model.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    ref, got = run_ort(model, feeds)["y"], run_ort(result.model, feeds)["y"]
+    assert np.linalg.norm(got.astype(np.float32) - ref) / np.linalg.norm(ref.astype(np.float32)) < 5e-3
