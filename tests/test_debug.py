@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from graphopt.cli import main
 from graphopt.debug import bisect, chain_tensor_maps, diff, explain, layer_stats
-from graphopt.debug.sites import ddmin
+from graphopt.debug.sites import CachedProbe, ddmin, localize
 from graphopt.passes import Pass, PassResult, option, register_pass
 from graphopt.pipeline_spec import PassSpec
 
@@ -147,7 +147,7 @@ def test_bisect_names_planted_pass_and_exact_site_cnn(cnn, data):
     assert (culprit["name"], culprit["step"], culprit["reason"]) == ("test-debug-planted", 2, "thresholds")
     assert culprit["sites_total"] == 4
     assert culprit["localized"] and culprit["sites"] == ["/conv2/Conv"]
-    assert culprit["revert_fixes"] == {"/conv2/Conv": True}
+    assert culprit["causes"] == [["/conv2/Conv"]]
     impact = culprit["site_impact"]
     assert impact[0]["site"] == "/conv2/Conv" and impact[0]["failed"]
     assert all(not row["failed"] and row["cosine"] > 0.9999 for row in impact[1:])
@@ -206,6 +206,37 @@ def test_ddmin_finds_single_and_joint_culprits():
     assert ddmin(items, single) == ["s9"]
     assert len(calls) <= 2 * 4 + 2
     assert ddmin(items, lambda subset: {"s3", "s11"} <= set(subset)) == ["s3", "s11"]
+
+
+@pytest.mark.parametrize("fails, sites, causes", [
+    (lambda a: "s2" in a or "s5" in a, ["s2", "s5"], [["s2"], ["s5"]]),  # two independent bad sites
+    (lambda a: {"s1", "s6"} <= a, ["s6"], [["s1", "s6"]]),  # only together: reverting one is enough
+])
+def test_localize_revert_set_and_causes(fails, sites, causes):
+    probe = CachedProbe(lambda applied: {"failed": fails(applied), "cosine": 0.5 if fails(applied) else 1.0}, 64)
+    found = localize([f"s{i}" for i in range(8)], probe)
+    assert (found["sites"], found["causes"]) == (sites, causes)
+    assert [row["site"] for row in found["site_impact"] if row["failed"]] == [s for s in ("s2", "s5") if fails({s})]
+
+
+def test_localize_budget_and_no_sites():
+    assert localize([], CachedProbe(lambda a: {"failed": True}, 4))["localized"] is False
+    found = localize([f"s{i}" for i in range(64)], CachedProbe(lambda a: {"failed": "s7" in a}, 3))
+    assert found["localized"] is False and "budget" in found["note"]
+
+
+def test_bisect_real_quantize_localizes_sites(cnn, data, digits_calib_path):
+    """A threshold just above what the real pipeline reaches: the quantize pass is named,
+    and reverting the sites it reports is what the probe found to pass."""
+    import graphopt
+
+    spec, calib = "cleanup,fuse,quantize", str(digits_calib_path)
+    reached = graphopt.optimize(cnn, passes=spec, inputs=data, calibration_data=calib).report["verification"]
+    result = bisect(cnn, spec, inputs=data, calibration_data=calib, thresholds={"min_snr_db": reached["snr_db"] + 1})
+    culprit = result["culprit"]
+    assert culprit["name"] == "quantize" and [s["passed"] for s in result["steps"]] == [True, True, False]
+    assert culprit["localized"] and culprit["sites"]
+    assert set(culprit["sites"]) <= {row["site"] for row in culprit["site_impact"]}
 
 
 # ------------------------------------------------------------------ explain
@@ -354,7 +385,7 @@ def test_cli_bisect_exit_codes(cnn, data, capsys):
     out = capsys.readouterr().out
     assert code == 2
     assert "first failing pass: test-debug-planted (step 2)" in out
-    assert "responsible site: /conv2/Conv" in out and "/conv2/Conv_output_0" in out
+    assert "responsible site(s), reverting these passes: /conv2/Conv" in out and "/conv2/Conv_output_0" in out
     assert main(["bisect", cnn, "--passes", "cleanup", "--inputs", data]) == 0
     assert "no pass breaks" in capsys.readouterr().out
     code = main(["bisect", cnn, "--passes", "test-debug-planted{victim=/conv2/Conv,scale=1.02}", "--inputs", data,

@@ -50,9 +50,9 @@ def render_text(result: dict) -> str:
     for reason in culprit.get("failures", []) + ([culprit["error"]] if culprit.get("error") else []):
         lines.append(f"  {reason}")
     if culprit.get("localized"):
-        for site in culprit["sites"]:
-            fixed = "reverting it alone passes" if culprit["revert_fixes"].get(site) else "needs the other sites reverted too"
-            lines.append(f"  responsible site: {site} ({fixed})")
+        lines.append(f"  responsible site(s), reverting these passes: {', '.join(culprit['sites'])}")
+        if len(culprit["causes"]) > 1 or len(culprit["causes"][0]) > 1:
+            lines.append("  independent causes: " + "; ".join(" + ".join(c) for c in culprit["causes"]))
         lines.append(f"  ({culprit['sites_total']} sites, {culprit['reruns']} reruns of the pass)")
     else:
         lines.append(f"  sites not localized: {culprit.get('note')}")

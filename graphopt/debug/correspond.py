@@ -6,6 +6,8 @@ Three sources, tried in order for every tensor a candidate node produces:
 2. The rewrite log: each pass's `tensor_map` maps its new tensors to tensors of its input
    graph holding the same value (a fused Conv's output -> the folded BN's output).
    Chained over the passes in order, new names resolve to names of the original graph.
+   A name mapped to "" (or None) has no counterpart: a pass that gives an old name to a
+   new value (a Relu folded away, its output name now on the Add before it) says so.
 3. Same name.
 A candidate tensor corresponds to a reference tensor when the resolved name is produced
 by a node of the reference graph.
@@ -28,7 +30,7 @@ def chain_tensor_maps(records: list[dict]) -> dict[str, str]:
     """Compose per-pass `tensor_map`s (new -> name in that pass's input) into new -> original."""
     to_original: dict[str, str] = {}
     for record in records:
-        step = {new: to_original.get(old, old) for new, old in (record.get("tensor_map") or {}).items()}
+        step = {new: to_original.get(old, old) if old else "" for new, old in (record.get("tensor_map") or {}).items()}
         to_original.update(step)
     return {k: v for k, v in to_original.items() if k != v}
 
@@ -40,7 +42,7 @@ def load_tensor_map(source) -> dict[str, str]:
     if isinstance(source, dict):
         if "passes" in source:
             return chain_tensor_maps(source.get("passes") or [])
-        return {str(k): str(v) for k, v in source.items()}
+        return {str(k): str(v) if v else "" for k, v in source.items()}
     if isinstance(source, (list, tuple)):
         return chain_tensor_maps(list(source))
     path = Path(source)
@@ -82,13 +84,14 @@ def correspondences(reference: onnx.ModelProto, candidate: onnx.ModelProto,
     return pairs
 
 
-def _resolve(name: str, made: dict, tensor_map: dict[str, str], depth: int = 0) -> tuple[str, str]:
+def _resolve(name: str, made: dict, tensor_map: dict[str, str], depth: int = 0) -> tuple[str | None, str]:
+    """(reference name or None, how); an explicit log entry wins over the QDQ rule, since a
+    pass that folded a Relu into the quantization knows the DQ output is the Relu output."""
     node = made.get(name)
-    if node is not None and node.op_type == "DequantizeLinear" and depth < 8:
-        quant = made.get(node.input[0])
-        if quant is not None and quant.op_type == "QuantizeLinear":
-            source, _ = _resolve(quant.input[0], made, tensor_map, depth + 1)
-            return source, "qdq"
+    quant = made.get(node.input[0]) if node is not None and node.op_type == "DequantizeLinear" else None
+    is_qdq = quant is not None and quant.op_type == "QuantizeLinear"
     if name in tensor_map:
-        return tensor_map[name], "rewrite-log"
+        return tensor_map[name] or None, "qdq" if is_qdq else "rewrite-log"
+    if is_qdq and depth < 8:
+        return _resolve(quant.input[0], made, tensor_map, depth + 1)[0], "qdq"
     return name, "name"

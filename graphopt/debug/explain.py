@@ -47,7 +47,7 @@ def explain(reference, candidate, inputs=None, tensor_map=None, top: int = 10,
     feeds = _verification_inputs(ref, inputs, None, seed)
     pairs = correspondences(ref, cand, load_tensor_map(tensor_map))
     accumulators = _accumulate(ref, cand, feeds, pairs)
-    layers = _layers(ref, pairs, accumulators, noise_floor_db)
+    layers = _layers(ref, cand, pairs, accumulators, noise_floor_db)
     ranking = sorted((row for row in layers if row.get("introduced_db") is not None),
                      key=lambda row: (-row["introduced_db"], row["index"]))
     threshold_nsr = 10 ** (-noise_floor_db / 10)
@@ -73,9 +73,10 @@ def _accumulate(ref, cand, feeds, pairs) -> dict[tuple[str, str], ErrorAccumulat
     return {key: acc for key, acc in accumulators.items() if acc.count or acc.shape_mismatch}
 
 
-def _layers(ref: onnx.ModelProto, pairs, accumulators, floor_db: float) -> list[dict]:
+def _layers(ref: onnx.ModelProto, cand: onnx.ModelProto, pairs, accumulators, floor_db: float) -> list[dict]:
     """Rows in reference topological order, each with its error and the error it introduced."""
     producer = {o: (i, node) for i, node in enumerate(ref.graph.node) for o in node.output if o}
+    cand_op = {o: node.op_type for node in cand.graph.node for o in node.output if o}
     rows = []
     for r, c, how in pairs:
         acc = accumulators.get((r, c))
@@ -83,7 +84,7 @@ def _layers(ref: onnx.ModelProto, pairs, accumulators, floor_db: float) -> list[
             continue
         index, node = producer[r]
         rows.append({"index": index, "tensor": r, "candidate": c, "via": how, "op_type": node.op_type,
-                     "node": node.name, **acc.metrics()})
+                     "candidate_op_type": cand_op.get(c), "node": node.name, **acc.metrics()})
     rows.sort(key=lambda row: (row["index"], row["via"] == "qdq", row["candidate"]))
     snr_of: dict[str, float] = {}
     for row in rows:  # what consumers see: the worst of a tensor's counterparts (the QDQ one)

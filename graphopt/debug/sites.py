@@ -72,24 +72,49 @@ def _split(items: list[str], n: int) -> list[list[str]]:
 
 
 def localize(sites: list[str], probe: CachedProbe, impact_limit: int = 32) -> dict:
-    """Which sites are responsible: minimal failing set, whether reverting each alone fixes it,
-    and (for up to `impact_limit` sites) each site's error when applied alone."""
+    """The sites responsible for the failure.
+
+    `causes`: minimal failing subsets found one after another (each run of ddmin on the
+    sites still applied, until what is left passes). `sites`: a 1-minimal set to revert,
+    i.e. reverting exactly these makes the pass acceptable and re-applying any one of them
+    fails again. `site_impact` (up to `impact_limit` sites): each site's error applied alone.
+    """
     if not sites:
         return {"localized": False, "note": "the pass reports no rewrite sites (PassResult.sites)"}
-    everything = frozenset(sites)
     try:
         if probe.fails(frozenset()):
             return {"localized": False, "note": "still fails with every site skipped: the pass ignores "
                     "ctx.skip_sites or the failure is not tied to its sites"}
-        culprits = ddmin(list(sites), probe.fails)
-        fixes = {s: not probe.fails(everything - {s}) for s in culprits}
+        causes, applied = _causes(list(sites), probe)
+        revert = _minimal_revert(applied, [s for s in sites if s not in applied], probe)
         impact = [{"site": s, **_summary(probe.outcome(frozenset({s})))}
-                  for s in sites[:impact_limit]] if len(sites) <= impact_limit else []
+                  for s in sites] if len(sites) <= impact_limit else []
     except Budget:
         return {"localized": False, "note": f"gave up after {probe.runs} reruns of the pass (budget)"}
     impact.sort(key=lambda row: (not row["failed"], row.get("cosine", 1.0)))
-    log.info("sites responsible: %s (%d reruns)", culprits, probe.runs)
-    return {"localized": True, "sites": culprits, "revert_fixes": fixes, "site_impact": impact}
+    log.info("sites responsible: %s (%d reruns)", revert, probe.runs)
+    return {"localized": True, "sites": revert, "causes": causes, "site_impact": impact}
+
+
+def _causes(applied: list[str], probe: CachedProbe) -> tuple[list[list[str]], list[str]]:
+    """Peel off minimal failing subsets until the remaining applied sites pass."""
+    causes = []
+    while probe.fails(frozenset(applied)):
+        cause = ddmin(applied, probe.fails)
+        causes.append(cause)
+        applied = [s for s in applied if s not in set(cause)]
+    return causes, applied
+
+
+def _minimal_revert(applied: list[str], reverted: list[str], probe: CachedProbe) -> list[str]:
+    """Re-apply every reverted site that the pass can keep without failing."""
+    needed = list(reverted)
+    for site in reverted:
+        keep = [s for s in needed if s != site]
+        if not probe.fails(frozenset(applied) | {site}):
+            applied = [*applied, site]
+            needed = keep
+    return needed
 
 
 def _summary(outcome: dict) -> dict:

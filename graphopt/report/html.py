@@ -228,14 +228,14 @@ def quantization_errors(report: dict) -> dict[str, tuple[str, list[tuple[str, fl
     explicit = report.get("quantization")
     if isinstance(explicit, dict):
         for kind in sources:
-            sources[kind].append(explicit.get(kind))
+            sources[kind].append((kind, explicit.get(kind)))
     for p in report.get("passes") or []:
         if "quant" not in str(p.get("name", "")):
             continue
         for key, value in (p.get("stats") or {}).items():
             kind = "weights" if "weight" in key else ("activations" if "activ" in key else None)
             if kind and isinstance(value, (dict, list)):
-                sources[kind].append(value)
+                sources[kind].append((key, value))
     result = {kind: _per_layer(items) for kind, items in sources.items()}
     qdq = [r for r in ((report.get("explain") or {}).get("layers") or []) if r.get("via") == "qdq" and "snr_db" in r]
     if qdq and not result["activations"][1]:
@@ -244,16 +244,23 @@ def quantization_errors(report: dict) -> dict[str, tuple[str, list[tuple[str, fl
 
 
 def _per_layer(items: list) -> tuple[str | None, list[tuple[str, float]]]:
-    """Pick one metric present in the per-layer entries and list (layer, value)."""
+    """Pick one metric present in the per-layer entries and list (layer, value).
+
+    Entries are {layer: number} (the metric is named by the stats key, e.g. quantize's
+    "weight_error" = relative error per layer), {layer: {metric: number}} or
+    [{"name": layer, metric: number}]."""
     entries: list[tuple[str, object]] = []
-    for item in items:
+    numeric_key = None
+    for key, item in items:
         if isinstance(item, dict):
             entries += list(item.items())
         elif isinstance(item, list):
             entries += [(str(e.get("name") or e.get("node") or i), e) for i, e in enumerate(item) if isinstance(e, dict)]
+        if isinstance(item, dict) and any(isinstance(v, (int, float)) for v in item.values()):
+            numeric_key = numeric_key or key
     numeric = [(k, float(v)) for k, v in entries if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if numeric:
-        return "value", numeric
+        return numeric_key, numeric
     for metric in QUANT_METRICS:
         values = [(k, float(v[metric])) for k, v in entries
                   if isinstance(v, dict) and isinstance(v.get(metric), (int, float))]
