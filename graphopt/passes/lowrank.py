@@ -38,7 +38,7 @@ import onnx
 
 from onnx import helper, numpy_helper
 
-from graphopt.ir import ConstantView
+from graphopt.ir import ConstantView, has_subgraphs
 from graphopt.ir.graph import opset_version
 from graphopt.ir.rewrite import consumers, graph_output_names
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass
@@ -81,6 +81,8 @@ class LowRank(Pass):
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         notes: list[str] = []
+        if has_subgraphs(model.graph):
+            notes.append("If/Loop/Scan subgraphs are left untouched; only the main graph is split")
         sites = self._sites(model.graph, ctx, notes)
         if not sites:
             return PassResult(model, False, {"layers_split": 0}, notes)

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphopt.ir import ConstantView
+from graphopt.ir import ConstantView, has_subgraphs
 from graphopt.ir.rewrite import consumers, graph_output_names
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass
 from graphopt.sparsity_check import (SPARSE_OPS, count_violations, from_group_view, group_view,
@@ -74,6 +74,8 @@ class Sparsity2to4(Pass):
             return PassResult(model, False, {}, [f"n={opts.n}, m={opts.m}: need 0 < n <= m; nothing done"])
         model = _copy(model)
         notes: list[str] = []
+        if has_subgraphs(model.graph):
+            notes.append("If/Loop/Scan subgraphs are left untouched; only main-graph weights are considered")
         sites = self._sites(model.graph, ctx, notes)
         meta = self._previous_record(model, notes)
         layers = {}
