@@ -75,7 +75,9 @@ def make_plan(model: onnx.ModelProto, options, feeds_list=None, skip_sites=froze
         site = f"group:{group.sources[0]}"
         reason = ("; ".join(sorted(set(group.blocked))) or _excluded(group, options.exclude)
                   or (f"skipped site {site}" if site in skip_sites else None)
-                  or ("fewer than 2 units" if group.channels // group.unit < 2 else None))
+                  or ("fewer than 2 units" if group.channels // group.unit < 2 else None)
+                  or (f"unit of {group.unit} channels does not divide {group.channels}"
+                      if group.channels % group.unit else None))
         if reason:
             plan.notes.append(f"{site} ({group.channels} channels) not pruned: {reason}")
         else:

@@ -17,6 +17,7 @@ import numpy as np
 from graphopt.pruning.layout import Layout, Seg
 from graphopt.pruning.rules import attr, block_inputs, only_input, out, rule, tracked
 
+UNKNOWN = np.iinfo(np.int64).min  # a dim of a partly static shape that is only known at run time
 REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 
@@ -103,7 +104,7 @@ def reshape(cp, node):
 
 
 def _reshape(cp, node, lay) -> str | None:
-    src, dst = cp.shape(node.input[0]), cp.shape(node.output[0])
+    src, dst = cp.shape(node.input[0]), _filled(cp, node)
     if src is None or dst is None:
         return "shapes unknown"
     a = lay.axis
@@ -114,6 +115,11 @@ def _reshape(cp, node, lay) -> str | None:
     if isinstance(entry, str):
         return entry
     after_src, after_dst = src[a + 1:], dst[a + 1:]
+    known = [src[a]] + after_src + after_dst
+    if not isinstance(dst[a], int) and all(isinstance(d, int) and d > 0 for d in known):
+        # a -1 (inferred) entry at the channel axis: the prefix is unchanged, so it is
+        # whatever the static tail leaves
+        dst = dst[:a] + [int(np.prod(src[a:])) // int(np.prod(after_dst))] + after_dst
     if not all(isinstance(d, int) for d in [src[a], dst[a]] + after_src + after_dst):
         return "dynamic sizes after the channel axis"
     if dst[a] == src[a] and after_src == after_dst:
@@ -128,6 +134,23 @@ def _reshape(cp, node, lay) -> str | None:
     cp.act("shape", node, 1, a, result, extra=entry)
     out(cp, node, result)
     return None
+
+
+def _filled(cp, node) -> list | None:
+    """Reshape output dims, unknown ones filled from the (partly) static shape input."""
+    dst = cp.shape(node.output[0])
+    wanted = static_value(cp, node.input[1])
+    if dst is None or wanted is None or len(wanted) != len(dst):
+        return dst
+    src = cp.shape(node.input[0]) or []
+    filled = list(dst)
+    for i, v in enumerate(np.ravel(wanted)):
+        if not isinstance(filled[i], int) or not filled[i]:
+            if v > 0:
+                filled[i] = int(v)
+            elif v == 0 and not attr(node, "allowzero", 0) and i < len(src):
+                filled[i] = src[i]
+    return filled
 
 
 def _shape_entry(cp, name: str, index: int):
@@ -145,7 +168,7 @@ def _shape_entry(cp, name: str, index: int):
             return "shape pieces of unknown length"
         if offset <= index < offset + dims[0]:
             value = static_value(cp, piece)
-            if value is None:
+            if value is None or np.any(value == UNKNOWN):
                 return "the channel entry of the shape is computed at run time"
             return ("concat", cp.index_of[id(prod)], i, index - offset, value)
         offset += dims[0]
@@ -153,8 +176,8 @@ def _shape_entry(cp, name: str, index: int):
 
 
 def static_value(cp, name: str, depth: int = 0) -> np.ndarray | None:
-    """Value of a small shape tensor known before run time: a constant, or
-    Unsqueeze / Gather of Shape(X) at dims of X that shape inference found static."""
+    """Value of a small shape tensor known before run time: a constant, or Concat /
+    Unsqueeze / Gather of Shape(X); dims of X that are not static read UNKNOWN."""
     value = cp.const(name)
     if value is not None or depth > 4:
         return value
@@ -169,19 +192,22 @@ def static_value(cp, name: str, depth: int = 0) -> np.ndarray | None:
         data, idx = static_value(cp, node.input[0], depth + 1), cp.const(node.input[1])
         if data is None or idx is None or attr(node, "axis", 0) != 0:
             return None
-        picked = np.take(data, idx)
-        return None if np.any(picked < 0) else picked
+        return np.take(data, idx)
     if node.op_type == "Unsqueeze":
         data, axes = static_value(cp, node.input[0], depth + 1), _axes_of(cp, node)
         return None if data is None or axes is None else np.expand_dims(data, tuple(axes))
+    if node.op_type == "Concat" and attr(node, "axis") in (0, -1):
+        pieces = [static_value(cp, n, depth + 1) for n in node.input]
+        if all(p is not None and np.ndim(p) == 1 for p in pieces):
+            return np.concatenate(pieces).astype(np.int64)
     return None
 
 
 def _partial_shape(dims) -> np.ndarray | None:
-    """Shape with unknown dims as -1 (Gather of a known dim still resolves)."""
+    """Shape with unknown dims as UNKNOWN (Gather of a known dim still resolves)."""
     if dims is None:
         return None
-    return np.array([d if isinstance(d, int) else -1 for d in dims], np.int64)
+    return np.array([d if isinstance(d, int) else UNKNOWN for d in dims], np.int64)
 
 
 @rule("Concat")
