@@ -1,0 +1,216 @@
+"""Benchmark: graphopt `quantize` vs onnxruntime.quantization on the same data and method.
+
+Models (BatchNorm folded first by onnxruntime's basic offline optimization, for both tools,
+standing in for `cleanup,fuse`): digits CNN (test accuracy), ResNet-18 at 112x112 (random
+weights: output cosine vs float), all-MiniLM-L6-v2 (embedding cosine vs float on held-out
+sentences). Each quantization runs in its own subprocess so wall time and peak RSS
+(ru_maxrss) are its own. Latency: onnxruntime CPU, 1 intra-op thread, medians of
+interleaved runs. Usage: python benchmarks/quantize.py [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CACHE = ROOT / "benchmarks" / "cache" / "quantize"
+RESULTS = ROOT / "benchmarks" / "results" / "quantize.md"
+WORDS = ("the a quick brown fox jumps over lazy dog model graph compiler weights music river city bank money "
+         "learning deep network ocean mountain tree green small large runs fast slow people water house").split()
+
+
+def fold_bn(src: Path, dst: Path) -> Path:
+    if not dst.exists():
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(dst)
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    return dst
+
+
+def datasets(name: str):
+    """(calibration feeds, evaluation feeds) for a benchmark model."""
+    from models import zoo
+
+    rng = np.random.default_rng(0)
+    if name == "digits_cnn":
+        calib, test = zoo.digits_data("calib"), zoo.digits_data("test")
+        return [{"input": calib["input"]}], [{"input": test["input"]}]
+    if name == "resnet18":
+        make = lambda: {"input": rng.standard_normal((8, 3, 112, 112)).astype(np.float32)}
+        return [make() for _ in range(2)], [make()]
+    from models import export_minilm as em
+
+    sents = lambda n: [" ".join(rng.choice(WORDS, rng.integers(4, 24))) for _ in range(n)]
+    return [em.tokenize(sents(8), 64) for _ in range(4)], [em.tokenize(sents(16) + list(em.SENTENCES), 64)]
+
+
+def model_path(name: str) -> Path:
+    from models import zoo
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if name == "digits_cnn":
+        return fold_bn(zoo.digits_cnn(), CACHE / "digits_cnn_folded.onnx")
+    if name == "resnet18":
+        return fold_bn(zoo.resnet18(112), CACHE / "resnet18_112_folded.onnx")
+    return zoo.minilm()
+
+
+def worker(tool: str, name: str, method: str, out: str, extra: str) -> None:
+    """Quantize in this process; print {"seconds", "peak_mb"}."""
+    calib, _ = datasets(name)
+    src = model_path(name)
+    if tool == "graphopt":
+        from graphopt.passes import registry
+
+        registry()  # import every pass module before the clock starts, as ORT's import is too
+    else:
+        from onnxruntime import quantization  # noqa: F401
+    t0 = time.perf_counter()
+    if tool == "graphopt":
+        from graphopt.passes import PassContext, create_pass
+
+        options = {"calibration": method, **(json.loads(extra) if extra else {})}
+        result = create_pass("quantize", options).run(onnx.load(str(src)), PassContext(calibration_data=calib))
+        onnx.save(result.model, out)
+    else:
+        from onnxruntime import quantization as oq
+
+        class Reader(oq.CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(calib)
+
+            def get_next(self):
+                return next(self.it, None)
+
+        opts = json.loads(extra) if extra else {}
+        if opts.pop("dynamic", False):
+            oq.quantize_dynamic(str(src), out, weight_type=oq.QuantType.QInt8, per_channel=True, **opts)
+        else:
+            cm = {"minmax": oq.CalibrationMethod.MinMax, "percentile": oq.CalibrationMethod.Percentile,
+                  "entropy": oq.CalibrationMethod.Entropy}[method]
+            extra_options = {"CalibNumBins": 2048} if method != "minmax" else {}
+            oq.quantize_static(str(src), out, Reader(), quant_format=oq.QuantFormat.QDQ, per_channel=True,
+                               activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
+                               calibrate_method=cm, extra_options=extra_options, **opts)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": round(seconds, 2), "peak_mb": round(peak)}))
+
+
+def quantize(tool, name, method, tag, extra=None) -> dict:
+    out = CACHE / f"{name}_{tag}.onnx"
+    proc = subprocess.run([sys.executable, __file__, "--worker", tool, name, method, str(out),
+                           json.dumps(extra or {})], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1][:160] if proc.stderr else "failed"}
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info["path"] = out
+    return info
+
+
+def session(path, threads=1):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.log_severity_level = 4
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def quality(name, ref, cand, evals) -> float:
+    if name == "digits_cnn":
+        labels = __import__("models.zoo", fromlist=["x"]).digits_data("test")["label"]
+        return float((cand.run(None, evals[0])[0].argmax(1) == labels).mean() * 100)
+    a = np.concatenate([ref.run(None, f)[0].reshape(len(next(iter(f.values()))), -1) for f in evals])
+    b = np.concatenate([cand.run(None, f)[0].reshape(len(next(iter(f.values()))), -1) for f in evals])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return float(cos.min())
+
+
+def latency(sessions: list, feed: dict, rounds: int) -> list[float]:
+    times = [[] for _ in sessions]
+    for _ in range(rounds):  # interleaved so that machine noise hits every model alike
+        for i, s in enumerate(sessions):
+            t = time.perf_counter()
+            s.run(None, feed)
+            times[i].append(time.perf_counter() - t)
+    return [float(np.median(t)) for t in times]
+
+
+def bench(name: str, runs: list[tuple], rounds: int) -> list[str]:
+    src = model_path(name)
+    _, evals = datasets(name)
+    ref = session(src)
+    one = {k: v[:1] for k, v in evals[0].items()}
+    rows, sessions = [], [ref]
+    results = []
+    for tool, method, tag, extra in runs:
+        info = quantize(tool, name, method, tag, extra)
+        results.append((tool, method, tag, info))
+        if "error" not in info:
+            sessions.append(session(info["path"]))
+    lat = latency(sessions, one, rounds)
+    base = quality(name, ref, ref, evals)
+    metric = "accuracy %" if name == "digits_cnn" else "min cosine"
+    rows.append(f"| {name} | float | - | {base:.4f} | - | - | 1.00 ({lat[0] * 1e3:.2f} ms) |")
+    k = 1
+    for tool, method, tag, info in results:
+        if "error" in info:
+            rows.append(f"| {name} | {tool} {tag} | {method} | error: {info['error']} | | | |")
+            continue
+        q = quality(name, ref, sessions[k], evals)
+        rows.append(f"| {name} | {tool} {tag} | {method} | {q:.4f} | {info['seconds']:.2f} | {info['peak_mb']} "
+                    f"| {lat[0] / lat[k]:.2f} |")
+        k += 1
+    print("\n".join(rows), flush=True)
+    return [f"{metric} for {name}"] + rows
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--worker":
+        worker(*argv[1:6])
+        return 0
+    quick = "--quick" in argv
+    plan = {
+        "digits_cnn": [("graphopt", "minmax", "static", None), ("ort", "minmax", "static", None),
+                       ("graphopt", "percentile", "static", None), ("ort", "percentile", "static", None)],
+        "resnet18": [("graphopt", "minmax", "static", None), ("ort", "minmax", "static", None),
+                     ("graphopt", "entropy", "entropy", None), ("ort", "entropy", "entropy", None)],
+        "minilm": [("graphopt", "minmax", "static", None), ("ort", "minmax", "static", None),
+                   ("ort", "minmax", "static-matmul", {"op_types_to_quantize": ["MatMul"]}),
+                   ("graphopt", "mse", "static", None),
+                   ("ort", "minmax", "dynamic", {"dynamic": True})],
+    }
+    if quick:
+        plan = {"digits_cnn": plan["digits_cnn"][:2]}
+    lines = ["# quantize benchmark: graphopt vs onnxruntime.quantization", "",
+             f"onnxruntime {ort.__version__}; latency at 1 intra-op thread, medians of interleaved runs; "
+             "quantize time and peak RSS per run in a fresh subprocess (2-core shared machine, noisy).",
+             "Both tools quantize the same BN-folded model with the same calibration feeds; "
+             "ORT: quantize_static QDQ, per_channel, QUInt8 activations, QInt8 weights, CalibNumBins=2048.", "",
+             "| model | tool | method | quality | quantize s | peak MB | speedup vs float |",
+             "|---|---|---|---|---|---|---|"]
+    for name, runs in plan.items():
+        try:
+            out = bench(name, runs, rounds=30 if name != "minilm" else 15)
+        except Exception as err:  # a missing model must not hide the other results
+            out = [f"{name}: skipped ({err})"]
+        lines += [r for r in out if r.startswith("|")]
+        lines += [f"<!-- {r} -->" for r in out if not r.startswith("|")]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
