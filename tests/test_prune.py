@@ -151,9 +151,9 @@ def test_mlp_hidden_units_exact():
 class Attention(nn.Module):
     """Pre-norm encoder layer: heads of Q/K/V/O as constants, FFN with GELU."""
 
-    def __init__(self, d=16, heads=4, ff=32):
+    def __init__(self, d=16, heads=4, ff=32, infer_heads=False):
         super().__init__()
-        self.h, self.dh = heads, d // heads
+        self.h, self.dh = (-1 if infer_heads else heads), d // heads
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
         self.ln, self.ff1, self.ff2 = nn.LayerNorm(d), nn.Linear(d, ff), nn.Linear(ff, d)
 
@@ -168,8 +168,9 @@ class Attention(nn.Module):
         return x + self.ff2(nn.functional.gelu(self.ff1(self.ln(x))))
 
 
-def test_attention_heads_and_ffn_exact():
-    result = assert_exact(export(Attention(), (2, 5, 16)), (2, 5, 16), ratio=0.5)
+@pytest.mark.parametrize("infer_heads", [False, True])
+def test_attention_heads_and_ffn_exact(infer_heads):
+    result = assert_exact(export(Attention(infer_heads=infer_heads), (2, 5, 16)), (2, 5, 16), ratio=0.5)
     rows = {r["unit_channels"]: r for r in result.stats["groups"]}
     assert (rows[4]["channels_before"], rows[4]["channels_after"]) == (16, 8)  # 2 of 4 heads
     assert (rows[1]["channels_before"], rows[1]["channels_after"]) == (32, 16)  # FFN
@@ -344,3 +345,18 @@ def test_resnet18_half_ratio_drops_macs():
     check_model(result.model, full=True)
     feeds = synthesize_inputs(result.model, count=1)[0]
     assert run_model(result.model, feeds)["logits"].shape == (feeds["input"].shape[0], 1000)
+
+
+def test_zoo_encoder_block_heads_exact():
+    """Post-norm BERT layer with an attention mask (models/zoo.py): 2 of 4 heads and FFN."""
+    from models import zoo
+    model = onnx.load(str(zoo.encoder_block()))
+    pruned, masked = prune_and_mask(model, ratio=0.5)
+    rng = np.random.default_rng(0)
+    feeds = {"hidden": rng.standard_normal((2, 16, 128)).astype(np.float32),
+             "mask": np.ones((2, 16), np.int64)}
+    feeds["mask"][1, 10:] = 0
+    name = model.graph.output[0].name
+    np.testing.assert_allclose(run_model(pruned.model, feeds)[name], run_model(masked, feeds)[name],
+                               atol=1e-5, rtol=1e-5)
+    assert sorted(r["unit_channels"] for r in pruned.stats["groups"]) == [1, 32]
