@@ -360,3 +360,29 @@ def test_zoo_encoder_block_heads_exact():
     np.testing.assert_allclose(run_model(pruned.model, feeds)[name], run_model(masked, feeds)[name],
                                atol=1e-5, rtol=1e-5)
     assert sorted(r["unit_channels"] for r in pruned.stats["groups"]) == [1, 32]
+
+
+class FusedQKV(nn.Module):
+    """One Linear makes Q, K and V (split afterwards); a GLU-style chunk in the FFN."""
+
+    def __init__(self, d=16, heads=4):
+        super().__init__()
+        self.h, self.dh = heads, d // heads
+        self.qkv, self.o = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ff1, self.ff2 = nn.Linear(d, 2 * 24), nn.Linear(24, d)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = (t.reshape(b, n, self.h, self.dh).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        a = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        x = x + self.o(a.transpose(1, 2).reshape(b, n, d))
+        u, g = self.ff1(x).chunk(2, -1)
+        return x + self.ff2(u * torch.sigmoid(g))
+
+
+def test_fused_qkv_and_glu_split_partitions_the_source():
+    result = assert_exact(export(FusedQKV(), (2, 5, 16)), (2, 5, 16), ratio=0.5)
+    rows = sorted((r["unit_channels"], r["channels_before"], r["channels_after"], len(r["sources"]))
+                  for r in result.stats["groups"])
+    # GLU halves couple through the product; Q, K, V parts through the two attention MatMuls
+    assert rows == [(1, 24, 12, 2), (4, 16, 8, 3)]

@@ -63,8 +63,10 @@ class Group:
 class Coupling:
     """Result of `analyze`: groups (by root id), actions and the layouts of tensors."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, partitions: dict[str, set[int]] | None = None):
         self.model = model
+        self.partitions = partitions or {}  # source label -> channel offsets to cut at
+        self.cut_requests: dict[str, set[int]] = {}
         self.graph = model.graph
         self.opset = opset_version(model)
         self.consts = ConstantView(self.graph)
@@ -79,9 +81,9 @@ class Coupling:
         self.producer = {o: n for n in self.node_list for o in n.output if o}
 
     # --- groups -----------------------------------------------------------------------
-    def new_group(self, channels: int, node: onnx.NodeProto) -> int:
+    def new_group(self, channels: int, node: onnx.NodeProto, part: str = "") -> int:
         gid = len(self._groups)
-        self._groups[gid] = Group(channels, sources=[self.label(node)], nodes={self.label(node)})
+        self._groups[gid] = Group(channels, sources=[self.label(node) + part], nodes={self.label(node)})
         self.uf[gid]  # noqa: B018 - registers the element
         return gid
 
@@ -115,6 +117,21 @@ class Coupling:
         for seg in layout.segs:
             if seg.group is not None and reason not in self.group(seg.group).blocked:
                 self.group(seg.group).blocked.append(reason)
+
+    def request_cut(self, layout: Layout, offset: int) -> None:
+        """A Split/Slice cuts a single-source group at element `offset` of `layout`:
+        remember it, so the next analysis starts that source as several groups
+        (a fused Q/K/V projection, a GLU chunk)."""
+        start = 0
+        for seg in layout.segs:
+            if start < offset < start + seg.size and seg.group is not None:
+                group = self.group(seg.group)
+                channel = (offset - start) / seg.scale
+                if len(group.sources) == 1 and channel.denominator == 1:
+                    label, _, part = group.sources[0].partition("[")
+                    base = int(part.split(":")[0]) if part else 0  # offset of this part
+                    self.cut_requests.setdefault(label, set()).add(int(channel) + base)
+            start += seg.size
 
     def touch(self, layout: Layout, node: onnx.NodeProto) -> None:
         for seg in layout.segs:
@@ -176,12 +193,25 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
     return out
 
 
-def analyze(model: onnx.ModelProto) -> Coupling:
-    """Run the rules over a topologically sorted, shape-inferred model."""
+def analyze(model: onnx.ModelProto, rounds: int = 3) -> Coupling:
+    """Run the rules; when a Split/Slice cut a single-source group, restart with that
+    source partitioned at the cut (a few rounds at most)."""
+    partitions: dict[str, set[int]] = {}
+    for _ in range(rounds):
+        cp = _analyze_once(model, partitions)
+        new = {k: v - partitions.get(k, set()) for k, v in cp.cut_requests.items()}
+        if not any(new.values()):
+            break
+        for label, cuts in new.items():
+            partitions.setdefault(label, set()).update(cuts)
+    return cp
+
+
+def _analyze_once(model: onnx.ModelProto, partitions: dict[str, set[int]]) -> Coupling:
     from graphopt.pruning import rules_linear, rules_shape  # noqa: F401 - register their rules
     from graphopt.pruning.rules import RULES, block_inputs
 
-    cp = Coupling(model)
+    cp = Coupling(model, partitions)
     for node in cp.node_list:
         implicit = _implicit_reads(node)
         for name in implicit:

@@ -57,8 +57,13 @@ def _is_scalar(value) -> bool:
 
 
 def new_source(cp: Coupling, node: onnx.NodeProto, channels: int, out_axis: int) -> Layout:
-    gid = cp.new_group(channels, node)
-    layout = Layout(out_axis, (Seg(gid, channels),))
+    """A group for the output channels of `node` (several when a later Split cuts them)."""
+    bounds = sorted({0, channels} | {c for c in cp.partitions.get(cp.label(node), ()) if 0 < c < channels})
+    segs = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        part = f"[{lo}:{hi}]" if len(bounds) > 2 else ""
+        segs.append(Seg(cp.new_group(hi - lo, node, part), hi - lo))
+    layout = Layout(out_axis, tuple(segs))
     out(cp, node, layout)
     return layout
 

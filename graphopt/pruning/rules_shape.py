@@ -270,6 +270,8 @@ def split(cp, node):
         return
     parts = _cut(lay, list(np.cumsum([0] + sizes)))
     if parts is None:
+        for bound in np.cumsum(sizes)[:-1]:
+            cp.request_cut(lay, int(bound))
         cp.block(lay, f"Split {node.name} cuts through a channel group")
         return
     cp.act("split", node, 1, axis, lay, extra=[Layout(axis, p) for p in parts])
@@ -302,6 +304,8 @@ def slice_(cp, node):
     lo, hi = (min(max(v + size if v < 0 else v, 0), size) for v in (lo, hi))
     parts = _cut(lay, [0, lo, hi]) if hi > lo else None
     if parts is None:
+        for bound in (lo, hi):
+            cp.request_cut(lay, bound)
         cp.block(lay, f"Slice {node.name} cuts through a channel group")
         return
     cp.act("slice_bounds", node, 1, k, lay, extra=(lo, hi))
