@@ -20,22 +20,11 @@ import onnx
 
 from graphopt.ir import check_model, infer_shapes
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass
+from graphopt.pruning.cost import count_cost
 from graphopt.pruning.plan import make_plan, prepare
 from graphopt.pruning.rewrite import apply_plan
 
 log = logging.getLogger(__name__)
-
-
-def model_cost(model: onnx.ModelProto) -> dict:
-    """Params and MACs (the target cost engine's counts)."""
-    from graphopt.targets import estimate_cost
-
-    try:
-        cost = estimate_cost(model, "cpu")
-        return {"params": int(cost["params"]), "macs": int(cost["macs"])}
-    except Exception as err:  # the cost is a report detail, never a reason to fail
-        log.debug("cost estimate failed: %s", err)
-        return {"params": None, "macs": None}
 
 
 @register_pass
@@ -67,12 +56,13 @@ class PruneChannels(Pass):
                  "groups_pruned": len(plan.kept_units)}
         if not plan.kept_units:
             return PassResult(model, False, stats, plan.notes + ["nothing to prune"])
+        before = count_cost(work, inferred=True)  # same (cleaned) representation as after
         apply_plan(plan.coupling, plan.kept_units)
         pruned = _finish(plan.coupling.model)
         if isinstance(pruned, str):
             return PassResult(model, False, stats, plan.notes + [pruned])
-        before, after = model_cost(model), model_cost(pruned)
-        stats.update({"params_before": before["params"], "params_after": after["params"],
+        after = count_cost(pruned, inferred=True)
+        stats.update({"cost_basis": "per sample, symbolic dims counted as 1 (graphopt.pruning.cost)","params_before": before["params"], "params_after": after["params"],
                       "macs_before": before["macs"], "macs_after": after["macs"],
                       "channels_before": sum(r["channels_before"] for r in plan.rows),
                       "channels_after": sum(r["channels_after"] for r in plan.rows)})
