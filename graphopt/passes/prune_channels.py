@@ -53,7 +53,8 @@ class PruneChannels(Pass):
             return PassResult(model, False, {"groups_pruned": 0}, [reason])
         plan = make_plan(work, self.options, ctx.data_for_statistics(), ctx.skip_sites)
         stats = {"groups": plan.rows, "groups_found": len(plan.coupling.groups()),
-                 "groups_pruned": len(plan.kept_units)}
+                 "groups_pruned": len(plan.kept_units),
+                 "groups_not_pruned": len(plan.coupling.groups()) - len(plan.rows)}
         if not plan.kept_units:
             return PassResult(model, False, stats, plan.notes + ["nothing to prune"])
         before = count_cost(work, inferred=True)  # same (cleaned) representation as after
