@@ -29,6 +29,16 @@ WORDS = ("the a quick brown fox jumps over lazy dog model graph compiler weights
          "learning deep network ocean mountain tree green small large runs fast slow people water house").split()
 
 
+NOTES = [
+    "Notes (measured by hand, not re-run by this script):",
+    "- MiniLM `quantize{calibration=mse,min_cosine=0.99}` keeps 4 of 48 MatMuls in float (FFN down/up "
+    "projections of layers 0, 2, 3, 4, by measured sensitivity): cosine 0.9903 on the calibration slice, "
+    "0.9871 on held-out sentences; the search took 155 s (53 onnxruntime sessions of a 90 MB model).",
+    "- graphopt `entropy` is TensorRT's KL threshold; on random-weight ResNet-18 with random inputs it clips "
+    "more than onnxruntime's entropy (which lands on the min/max scales), hence its lower cosine there.",
+]
+
+
 def fold_bn(src: Path, dst: Path) -> Path:
     if not dst.exists():
         so = ort.SessionOptions()
@@ -206,6 +216,7 @@ def main(argv: list[str]) -> int:
             out = [f"{name}: skipped ({err})"]
         lines += [r for r in out if r.startswith("|")]
         lines += [f"<!-- {r} -->" for r in out if not r.startswith("|")]
+    lines += ["", *NOTES]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS}")

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_model, tensor
 from onnx import helper
 
-from conftest import make_model, tensor
-from graphopt.calibration import TensorStats, calibration_feeds, collect_statistics, compute_range
+from graphopt.calibration import (
+    TensorStats,
+    calibration_feeds,
+    collect_statistics,
+    compute_range,
+)
 from graphopt.calibration.ranges import entropy_threshold
 
 U8 = dict(qmin=0, qmax=255)

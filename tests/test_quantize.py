@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import make_model, tensor
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import make_model, tensor
 from graphopt.passes import PassContext, create_pass
 from graphopt.quantization import params as qp
 

@@ -20,10 +20,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 
-from graphopt.calibration import calibration_feeds, collect_statistics, compute_range, count_samples
+from graphopt.calibration import (
+    calibration_feeds,
+    collect_statistics,
+    compute_range,
+    count_samples,
+)
 from graphopt.calibration.readers import SYNTHETIC_NOTE
 from graphopt.ir import clone, infer_shapes, opset_version
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass

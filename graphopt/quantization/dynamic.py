@@ -27,7 +27,12 @@ from onnx import TensorProto, helper
 from graphopt.ir.constants import ConstantView
 from graphopt.quantization import params as qp
 from graphopt.quantization.placement import _Graph, eligible_core, excluded, node_label
-from graphopt.quantization.rewrite import Rewriter, WeightSpec, drop_replaced_initializers, weight_axis
+from graphopt.quantization.rewrite import (
+    Rewriter,
+    WeightSpec,
+    drop_replaced_initializers,
+    weight_axis,
+)
 
 log = logging.getLogger(__name__)
 
