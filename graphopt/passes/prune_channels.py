@@ -63,7 +63,8 @@ class PruneChannels(Pass):
         if isinstance(pruned, str):
             return PassResult(model, False, stats, plan.notes + [pruned])
         after = count_cost(pruned, inferred=True)
-        stats.update({"cost_basis": "per sample, symbolic dims counted as 1 (graphopt.pruning.cost)","params_before": before["params"], "params_after": after["params"],
+        stats.update({"cost_basis": "per sample, symbolic dims counted as 1 (graphopt.pruning.cost)",
+                      "params_before": before["params"], "params_after": after["params"],
                       "macs_before": before["macs"], "macs_after": after["macs"],
                       "channels_before": sum(r["channels_before"] for r in plan.rows),
                       "channels_after": sum(r["channels_after"] for r in plan.rows)})

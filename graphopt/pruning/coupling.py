@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import numpy as np
 import onnx
@@ -243,7 +242,3 @@ def _implicit_reads(node: onnx.NodeProto) -> set[str]:
     fake = onnx.GraphProto()
     fake.node.append(node)
     return outer_scope_names(fake) | {n for n in node.input if n}
-
-
-def frac(value) -> Fraction:
-    return Fraction(value)

@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphopt.pruning.coupling import Action, Coupling
-from graphopt.pruning.layout import Layout, kept_elements
+from graphopt.pruning.layout import kept_elements
 
 log = logging.getLogger(__name__)
 ZEROED_ROLES = ("weight", "bias", "scale")
@@ -132,7 +132,3 @@ def zero_pruned(cp: Coupling, kept_units: dict[int, np.ndarray]) -> None:
         index[action.axis] = mask
         value[tuple(index)] = 0
         writer.replace_input(node, action.index, value)
-
-
-def layout_of(cp: Coupling, name: str) -> Layout | None:
-    return cp.layouts.get(name)
