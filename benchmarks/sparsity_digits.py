@@ -30,15 +30,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
+import numpy as np
+import onnx
+from onnx import numpy_helper
 
-from graphopt.passes import PassContext, create_pass  # noqa: E402
-from graphopt.sparsity_check import check_sparsity  # noqa: E402
-from graphopt.targets import estimate_cost  # noqa: E402
-from graphopt.verify.runner import make_session  # noqa: E402
-from models import zoo  # noqa: E402
+from graphopt.passes import PassContext, create_pass
+from graphopt.sparsity_check import check_sparsity
+from graphopt.targets import estimate_cost
+from graphopt.verify.runner import make_session
+from models import zoo
 
 OUT = ROOT / "benchmarks" / "results" / "sparsity.md"
 REPEATS = 5

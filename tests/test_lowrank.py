@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import make_model, run_ort, tensor
 from onnx import helper
 
-from conftest import make_model, run_ort, tensor
 from graphopt.passes import PassContext, create_pass
 from graphopt.targets import load_target
 

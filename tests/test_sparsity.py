@@ -7,9 +7,9 @@ import json
 import numpy as np
 import onnx
 import pytest
+from conftest import make_model, run_ort, tensor
 from onnx import helper, numpy_helper
 
-from conftest import make_model, run_ort, tensor
 from graphopt.passes import PassContext, create_pass
 from graphopt.sparsity_check import SPARSITY_METADATA_KEY, check_sparsity
 

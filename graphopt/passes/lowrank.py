@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-
 from onnx import helper, numpy_helper
 
 from graphopt.ir import ConstantView, has_subgraphs

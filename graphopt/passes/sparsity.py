@@ -34,8 +34,15 @@ from onnx import numpy_helper
 from graphopt.ir import ConstantView, has_subgraphs
 from graphopt.ir.rewrite import consumers, graph_output_names
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass
-from graphopt.sparsity_check import (SPARSE_OPS, count_violations, from_group_view, group_view,
-                                     read_metadata, weight_reduction_axis, write_metadata)
+from graphopt.sparsity_check import (
+    SPARSE_OPS,
+    count_violations,
+    from_group_view,
+    group_view,
+    read_metadata,
+    weight_reduction_axis,
+    write_metadata,
+)
 
 log = logging.getLogger(__name__)
 
