@@ -9,6 +9,8 @@ groups. Lossy: a removed channel's contribution is dropped. When a removed chann
 producer parameters are exactly zero (and activations map 0 to 0) the outputs are
 unchanged, which is what the exactness tests check. The result is re-inferred and
 checker-validated; if that ever fails the input model is returned unchanged with a note.
+The lossless `cleanup` pass runs first (sorted, Transpose(weight) and shape arithmetic
+folded), so a pruned model also comes out cleaned.
 """
 
 from __future__ import annotations
