@@ -415,3 +415,36 @@ def test_cli_explain_and_diff(cnn, data, tmp_path, capsys):
     assert len(parsed["initializers"]["changed"]) == 4 and parsed["op_types"]["changed"] == {}
     assert main(["diff", cnn, cnn]) == 0
     assert "identical" in capsys.readouterr().out
+
+
+def test_explain_matches_onnxruntime_qdq_loss_debug(cnn, data, digits_calib_path, tmp_path):
+    """On an onnxruntime-quantized QDQ model (its naming: the DQ output takes the float
+    tensor's name, the graph input is quantized too) every activation is matched and the
+    SNR equals onnxruntime's own qdq_loss_debug xmodel_err."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, x):
+            self.items = iter([{"input": x[i:i + 16]} for i in range(0, len(x), 16)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    calib = np.load(digits_calib_path)["input"][:64]
+    x = np.load(data)["input"][:64]
+    qdq = tmp_path / "qdq.onnx"
+    quantize_static(cnn, str(qdq), Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True)
+    found = explain(cnn, str(qdq), inputs=[{"input": x}])
+    ours = {row["tensor"]: row["snr_db"] for row in found["layers"] if row["via"] == "qdq"}
+    assert {"input", "logits", "/Relu_output_0"} <= set(ours)
+    modify_model_output_intermediate_tensors(cnn, str(tmp_path / "f.onnx"))
+    modify_model_output_intermediate_tensors(str(qdq), str(tmp_path / "q.onnx"))
+    match = create_activation_matching(collect_activations(str(tmp_path / "q.onnx"), Reader(x)),
+                                       collect_activations(str(tmp_path / "f.onnx"), Reader(x)))
+    theirs = {k: v["xmodel_err"] for k, v in compute_activation_error(match).items() if "xmodel_err" in v}
+    assert set(theirs) == set(ours)
+    for name, snr in theirs.items():
+        assert ours[name] == pytest.approx(snr, abs=1e-3), name

@@ -70,28 +70,39 @@ def correspondences(reference: onnx.ModelProto, candidate: onnx.ModelProto,
                     tensor_map: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
     """(reference tensor, candidate tensor, how) for every candidate node output that matches."""
     tensor_map = tensor_map or {}
-    ref_made = {o for node in reference.graph.node for o in node.output if o}
+    known = reference_tensors(reference)
     made = {o: node for node in candidate.graph.node for o in node.output if o}
     pairs = []
     for node in candidate.graph.node:
         for out in node.output:
             if not out:
                 continue
-            source, how = _resolve(out, made, tensor_map)
-            if source in ref_made:
+            source, how = _resolve(out, made, tensor_map, known)
+            if source in known:
                 pairs.append((source, out, how))
     log.debug("%d candidate tensors correspond to reference tensors", len(pairs))
     return pairs
 
 
-def _resolve(name: str, made: dict, tensor_map: dict[str, str], depth: int = 0) -> tuple[str | None, str]:
+def reference_tensors(reference: onnx.ModelProto) -> set[str]:
+    """Names a candidate tensor can correspond to: node outputs and real graph inputs."""
+    inits = {t.name for t in reference.graph.initializer}
+    return ({o for node in reference.graph.node for o in node.output if o}
+            | {i.name for i in reference.graph.input if i.name not in inits})
+
+
+def _resolve(name: str, made: dict, tensor_map: dict[str, str], known: set[str],
+             depth: int = 0) -> tuple[str | None, str]:
     """(reference name or None, how); an explicit log entry wins over the QDQ rule, since a
-    pass that folded a Relu into the quantization knows the DQ output is the Relu output."""
+    pass that folded a Relu into the quantization knows the DQ output is the Relu output.
+    A DQ output whose source has no counterpart but which took the original tensor's name
+    (onnxruntime's quantizer renames the float tensor instead) corresponds by that name."""
     node = made.get(name)
     quant = made.get(node.input[0]) if node is not None and node.op_type == "DequantizeLinear" else None
     is_qdq = quant is not None and quant.op_type == "QuantizeLinear"
     if name in tensor_map:
         return tensor_map[name] or None, "qdq" if is_qdq else "rewrite-log"
     if is_qdq and depth < 8:
-        return _resolve(quant.input[0], made, tensor_map, depth + 1)[0], "qdq"
+        source = _resolve(quant.input[0], made, tensor_map, known, depth + 1)[0]
+        return (source if source in known else name if name in known else None), "qdq"
     return name, "name"

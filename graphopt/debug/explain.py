@@ -23,7 +23,7 @@ import math
 
 import onnx
 
-from graphopt.debug.correspond import correspondences, load_tensor_map
+from graphopt.debug.correspond import correspondences, load_tensor_map, reference_tensors
 from graphopt.debug.tensors import SNR_CAP_DB, ErrorAccumulator, count_samples, is_float_array, run_exposed
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,9 @@ def explain(reference, candidate, inputs=None, tensor_map=None, top: int = 10,
     `tensor_map`: candidate name -> reference name, or a report (dict / .json path) or a
     --dump-dir whose per-pass tensor maps are chained.
     """
-    from graphopt.api import _check_same_signature, _require_runnable, _verification_inputs, as_model
+    from graphopt.api import _check_same_signature, _verification_inputs, as_model
 
     ref, cand = as_model(reference), as_model(candidate)
-    for model in (ref, cand):
-        _require_runnable(model)
     _check_same_signature(ref, cand)
     feeds = _verification_inputs(ref, inputs, None, seed)
     pairs = correspondences(ref, cand, load_tensor_map(tensor_map))
@@ -65,7 +63,10 @@ def _accumulate(ref, cand, feeds, pairs) -> dict[tuple[str, str], ErrorAccumulat
     ref_names = sorted({r for r, _, _ in pairs})
     cand_names = sorted({c for _, c, _ in pairs})
     accumulators = {(r, c): ErrorAccumulator() for r, c, _ in pairs}
-    for ref_values, cand_values in zip(run_exposed(ref, feeds, ref_names), run_exposed(cand, feeds, cand_names)):
+    runs = zip(feeds, run_exposed(ref, feeds, ref_names, "reference"),
+               run_exposed(cand, feeds, cand_names, "candidate"))
+    for batch, ref_values, cand_values in runs:
+        ref_values = {**batch, **ref_values}  # graph inputs are compared as they were fed
         for (r, c), acc in accumulators.items():
             a, b = ref_values.get(r), cand_values.get(c)
             if is_float_array(a) and is_float_array(b):
@@ -75,7 +76,8 @@ def _accumulate(ref, cand, feeds, pairs) -> dict[tuple[str, str], ErrorAccumulat
 
 def _layers(ref: onnx.ModelProto, cand: onnx.ModelProto, pairs, accumulators, floor_db: float) -> list[dict]:
     """Rows in reference topological order, each with its error and the error it introduced."""
-    producer = {o: (i, node) for i, node in enumerate(ref.graph.node) for o in node.output if o}
+    producer = {name: (-1, None) for name in reference_tensors(ref)}  # graph inputs come first
+    producer.update({o: (i, node) for i, node in enumerate(ref.graph.node) for o in node.output if o})
     cand_op = {o: node.op_type for node in cand.graph.node for o in node.output if o}
     rows = []
     for r, c, how in pairs:
@@ -83,8 +85,10 @@ def _layers(ref: onnx.ModelProto, cand: onnx.ModelProto, pairs, accumulators, fl
         if acc is None:
             continue
         index, node = producer[r]
-        rows.append({"index": index, "tensor": r, "candidate": c, "via": how, "op_type": node.op_type,
-                     "candidate_op_type": cand_op.get(c), "node": node.name, **acc.metrics()})
+        rows.append({"index": index, "tensor": r, "candidate": c, "via": how,
+                     "op_type": node.op_type if node is not None else "(input)",
+                     "candidate_op_type": cand_op.get(c), "node": node.name if node is not None else "",
+                     **acc.metrics()})
     rows.sort(key=lambda row: (row["index"], row["via"] == "qdq", row["candidate"]))
     snr_of: dict[str, float] = {}
     for row in rows:  # what consumers see: the worst of a tensor's counterparts (the QDQ one)
@@ -113,12 +117,14 @@ class _UpstreamSnr:
         self.producer, self.snr_of, self.memo = producer, snr_of, {}
 
     def of_inputs(self, node) -> float:
+        if node is None:  # a graph input: fed identically to both models
+            return SNR_CAP_DB
         return min((self.of(name) for name in node.input if name), default=SNR_CAP_DB)
 
     def of(self, name: str) -> float:
         if name in self.snr_of:
             return self.snr_of[name]
-        if name not in self.producer:
+        if self.producer.get(name, (0, None))[1] is None:
             return SNR_CAP_DB  # graph input or constant: identical in both models
         if name not in self.memo:
             self.memo[name] = SNR_CAP_DB  # cycle guard; graphs are acyclic

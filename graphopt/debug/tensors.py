@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphopt.errors import InputError
 from graphopt.ir import clone
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,16 @@ def expose_intermediates(model: onnx.ModelProto, names: list[str] | None = None)
     return exposed, added
 
 
-def run_exposed(model: onnx.ModelProto, feeds_list: list[dict], names: list[str]):
+def run_exposed(model: onnx.ModelProto, feeds_list: list[dict], names: list[str], label: str = "given"):
     """Yield one {name: array} dict per feed dict, for the exposed `names` that exist."""
     from graphopt.verify import make_session, run_model
 
     exposed, fetch = expose_intermediates(model, names)
-    session = make_session(exposed)
+    try:
+        session = make_session(exposed)
+    except Exception as err:  # onnxruntime raises several types; the user's model is at fault
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise InputError(f"onnxruntime cannot load the {label} model: {first}") from err
     available = {o.name for o in session.get_outputs()}
     fetch = [n for n in fetch if n in available]
     for feeds in feeds_list:
