@@ -74,19 +74,20 @@ def digits_table(ratios) -> list[str]:
     model = onnx.load(str(zoo.digits_cnn()))
     test, calib = zoo.digits_data("test"), zoo.digits_data("calib")
     feeds = [{"input": calib["input"]}]
-    rows = ["| ratio | l1 acc | l2 acc | activation acc | MACs left | unstructured mask acc (same fraction, MACs 100%) |",
+    rows = ["| ratio | l1 acc | l2 acc | activation acc | MACs left "
+            "| unstructured mask acc (same fraction, MACs 100%) |",
             "|---:|---:|---:|---:|---:|---:|"]
     macs0 = estimate_cost(model, "cpu")["macs"]
     for r in ratios:
         accs = [accuracy(prune(model, feeds, ratio=r, criterion=c) if r else model, test)
                 for c in ("l1", "l2", "activation")]
         macs = estimate_cost(prune(model, ratio=r) if r else model, "cpu")["macs"]
-        rows.append(f"| {r:.2f} | {accs[0]:.4f} | {accs[1]:.4f} | {accs[2]:.4f} | {macs / macs0:.1%} "
-                    f"| {accuracy(magnitude_mask(model, r), test):.4f} |")
+        masked = accuracy(magnitude_mask(model, r), test)
+        rows.append(f"| {r:.2f} | {accs[0]:.4f} | {accs[1]:.4f} | {accs[2]:.4f} | {macs / macs0:.1%} | {masked:.4f} |")
     return rows
 
 
-def torch_pruning_onnx(name: str, ratio: float, size: int) -> onnx.ModelProto | str:
+def torch_pruning_onnx(name: str, ratio: float, size: int) -> "onnx.ModelProto | str":
     """The same seeded torch model pruned by torch-pruning (DepGraph), exported to ONNX."""
     try:
         import torch
@@ -106,18 +107,19 @@ def torch_pruning_onnx(name: str, ratio: float, size: int) -> onnx.ModelProto | 
     return onnx.load_from_string(buf.getvalue())
 
 
-def time_models(models: dict, x: np.ndarray, rounds: int, per_round: int = 3) -> dict:
+def time_models(models: dict, x, rounds: int, per_round: int = 3) -> dict:
     """Interleaved rounds: every variant runs `per_round` times per round; medians."""
+    feeds = x if isinstance(x, dict) else {"input": x}
     sessions = {k: session(m) for k, m in models.items()}
     cpu = {k: [] for k in models}
     wall = {k: [] for k in models}
     for s in sessions.values():
-        s.run(None, {"input": x})  # warm up
+        s.run(None, feeds)  # warm up
     for _ in range(rounds):
         for k, s in sessions.items():
             for _ in range(per_round):
                 w0, c0 = time.perf_counter(), time.thread_time()
-                s.run(None, {"input": x})
+                s.run(None, feeds)
                 cpu[k].append(time.thread_time() - c0)
                 wall[k].append(time.perf_counter() - w0)
     return {k: (statistics.median(cpu[k]) * 1e3, statistics.median(wall[k]) * 1e3) for k in models}
@@ -146,7 +148,8 @@ def cnn_table(name: str, ratio: float, rounds: int, size: int = 112) -> list[str
     times = time_models(variants, x, rounds)
     ref = session(base).run(None, {"input": x})[0]
     rows = [f"### {name} ({size}x{size}, batch 1) — graphopt pass took {seconds:.1f} s", "",
-            "| variant | MMACs | MACs left | params (M) | CPU ms | wall ms | latency vs unpruned | cosine to unpruned |",
+            "| variant | MMACs | MACs left | params (M) | CPU ms | wall ms | latency vs unpruned "
+            "| cosine to unpruned |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     macs0 = estimate_cost(base, "cpu")["macs"]
     for k, m in variants.items():
@@ -157,6 +160,34 @@ def cnn_table(name: str, ratio: float, rounds: int, size: int = 112) -> list[str
                     f"| {cosine(ref, out):.4f} |")
     if note:
         rows.append(f"\n{note}")
+    return rows + [""]
+
+
+def transformer_table(rounds: int) -> list[str]:
+    """Encoder block (heads + FFN prunable) and MiniLM (FFN prunable; the heads meet the
+    attention mask, whose head axis shape inference cannot prove broadcast, so they stay)."""
+    rng = np.random.default_rng(0)
+    cases = {"encoder_block (seq 16)": (zoo.encoder_block(), {
+                 "hidden": rng.standard_normal((1, 16, 128)).astype(np.float32),
+                 "mask": np.ones((1, 16), np.int64)}),
+             "all-MiniLM-L6-v2 (seq 64)": (zoo.minilm(), {
+                 "input_ids": rng.integers(1000, 20000, (1, 64)).astype(np.int64),
+                 "attention_mask": np.ones((1, 64), np.int64)})}
+    rows = ["| model | variant | groups pruned (unit) | MMACs | params (M) | CPU ms | wall ms | latency vs unpruned |",
+            "|---|---|---|---:|---:|---:|---:|---:|"]
+    for name, (path, feeds) in cases.items():
+        base = onnx.load(str(path))
+        result = create_pass("prune-channels", {"ratio": 0.5}).run(base, PassContext())
+        variants = {"unpruned": base, "graphopt ratio=0.5": result.model}
+        times = time_models(variants, feeds, rounds)
+        kinds = [f"{'heads' if r['unit_channels'] > 1 else 'units'} {r['channels_before']}->{r['channels_after']}"
+                 for r in result.stats["groups"]]
+        units = ", ".join(f"{kinds.count(k)} x {k}" for k in dict.fromkeys(kinds))
+        for k, m in variants.items():
+            cost = estimate_cost(m, "cpu", input_shapes={n: list(v.shape) for n, v in feeds.items()})
+            rows.append(f"| {name} | {k} | {units if k != 'unpruned' else ''} | {cost['macs'] / 1e6:.2f} "
+                        f"| {cost['params'] / 1e6:.3f} | {times[k][0]:.2f} | {times[k][1]:.2f} "
+                        f"| {times[k][0] / times['unpruned'][0]:.2f}x |")
     return rows + [""]
 
 
@@ -182,6 +213,8 @@ def main(argv=None) -> int:
     lines += ["", "## ResNet-18 / MobileNetV2: MACs and measured latency", ""]
     for name in ("resnet18", "mobilenetv2"):
         lines += cnn_table(name, 0.5, rounds)
+    lines += ["## Transformers: attention heads and FFN units (no torch-pruning run: it needs the torch model)", ""]
+    lines += transformer_table(rounds)
     text = "\n".join(lines) + "\n"
     (ROOT / "benchmarks" / "results" / "prune.md").write_text(text)
     print(text)
