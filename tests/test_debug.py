@@ -393,6 +393,17 @@ def test_cli_bisect_exit_codes(cnn, data, capsys):
     assert code == 2 and json.loads(capsys.readouterr().out)["culprit"]["sites"] == ["/conv2/Conv"]
 
 
+def test_cli_bisect_html_report(cnn, data, tmp_path, capsys):
+    report = tmp_path / "bisect.html"
+    code = main(["bisect", cnn, "--passes", "test-debug-planted{victim=/conv3/Conv}", "--inputs", data,
+                 "--report", str(report)])
+    html = report.read_text()
+    assert code == 2 and "<h2>Bisect</h2>" in html and "<h2>Error along depth</h2>" in html
+    assert "First failing pass: test-debug-planted" in html and html.count("<svg") == 3
+    assert main(["bisect", cnn, "--passes", "cleanup", "--report", str(tmp_path / "r.md")]) == 1
+    capsys.readouterr()
+
+
 def test_cli_bad_input_exit_1(cnn, tmp_path, capsys):
     assert main(["bisect", str(tmp_path / "missing.onnx"), "--passes", "cleanup"]) == 1
     assert main(["bisect", cnn, "--passes", "no-such-pass"]) == 1

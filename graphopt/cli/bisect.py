@@ -20,20 +20,40 @@ def configure(parser) -> None:
     data.add_argument("--seed", type=int, default=0, help="seed for synthesized data")
     parser.add_argument("--max-site-runs", type=int, default=64, help="most reruns of the failing pass to localize sites")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--report", help="also write the result as .json or .html (plots: per-step error, "
+                        "site impact, error along depth)")
     add_threshold_arguments(parser, default_cosine=0.99)
 
 
 def run(args) -> int:
     from graphopt.cli import show_progress
     from graphopt.debug import bisect
-    from graphopt.report import to_json
+    from graphopt.report import to_json, write_report
 
+    _check_report(args.report)
     result = bisect(args.input, passes=args.passes, pipeline=args.pipeline, inputs=args.inputs,
                     thresholds=thresholds_from(args), target=args.target,
                     calibration_data=args.calibration_data, seed=args.seed,
                     max_site_runs=args.max_site_runs, progress=show_progress())
     print(to_json(result) if args.json else render_text(result))
+    if args.report:
+        write_report({"target": result["target"], "pipeline": result["pipeline"], "bisect": result,
+                      "explain": result.get("explain")}, args.report)
     return 0 if result["passed"] else 2
+
+
+def _check_report(path) -> None:
+    """Refuse a bad report path before the (long) bisect runs."""
+    from pathlib import Path
+
+    from graphopt.errors import InputError
+
+    if path is None:
+        return
+    if Path(path).suffix.lower() not in (".json", ".html", ".htm"):
+        raise InputError(f"{path}: bisect report must end in .json or .html")
+    if not Path(path).parent.exists():
+        raise InputError(f"{Path(path).parent}: report directory does not exist")
 
 
 def render_text(result: dict) -> str:

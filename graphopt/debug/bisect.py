@@ -134,7 +134,7 @@ def _explain(original, model, feeds, records) -> dict:
     except Exception as err:  # localization is extra information; never hide the bisect result
         log.warning("explain failed: %s", err)
         return {"error": f"{type(err).__name__}: {err}"}
-    return {k: found[k] for k in ("first_divergence", "ranking", "tensors_compared")}
+    return {k: found[k] for k in ("first_divergence", "ranking", "tensors_compared", "layers")}
 
 
 def _progress(items, enabled: bool):

@@ -4,6 +4,8 @@ Sections, each drawn only when the report has its data:
 - cost per target before/after: bars of after/before per metric (1.0 = unchanged),
   from `cost` ({"before", "after"} for `target`, or {target: {"before", "after"}});
 - per-pass timeline: seconds per pass and the verification cosine/SNR of each pass;
+- bisect (from `graphopt bisect --report`): each step against the original, the failing
+  pass, the sites responsible and each site's error applied alone;
 - per-layer error along depth: SNR per tensor in topological order, from `explain`;
 - per-layer sparsity heat map: fraction of zero weights per output-channel bin, from
   `layers` (graphopt.debug.layer_stats rows);
@@ -35,7 +37,7 @@ svg .axis{stroke:#444} svg .grid{stroke:#eee} svg .highlight{stroke:#e15759;stro
 def render_html(report: dict) -> str:
     """The report as one HTML document; sections without data are left out."""
     report = report or {}
-    sections = [_summary(report), _cost(report.get("cost"), report.get("target")), _timeline(report.get("passes")),
+    sections = [_summary(report), _bisect(report.get("bisect")), _cost(report.get("cost"), report.get("target")), _timeline(report.get("passes")),
                 _depth(report.get("explain")), _sparsity(report.get("layers")), _quantization(report)]
     body = "\n".join(s for s in sections if s)
     title = f"graphopt report — {report.get('target', '')}".strip(" —")
@@ -92,6 +94,32 @@ def _summary(report: dict) -> str:
         if rows:
             parts.append(_table(["output", "cosine", "SNR dB", "max abs error", "top-1 agreement"], rows))
         parts += [f'<p class="fail">{escape(str(f))}</p>' for f in verification.get("failures") or []]
+    return "\n".join(parts)
+
+
+def _bisect(result) -> str:
+    if not isinstance(result, dict) or not result.get("steps"):
+        return ""
+    parts = ["<h2>Bisect</h2>", f"<p>Pipeline <code>{escape(str(result.get('pipeline', '')))}</code>, thresholds "
+             + escape(", ".join(f"{k}={v}" for k, v in (result.get("thresholds") or {}).items())) + "</p>"]
+    rows = [[f"{r.get('step')}. {r.get('name')}", _status(r.get("passed")), r.get("cosine"), r.get("snr_db"),
+             r.get("sites"), "; ".join(r.get("failures") or []) or r.get("error", "")] for r in result["steps"]]
+    parts.append(_table(["pass", "vs. original", "cosine", "SNR dB", "sites", "failures"], rows))
+    culprit = result.get("culprit")
+    if not culprit:
+        parts.append('<p class="ok">No pass breaks the thresholds.</p>')
+        return "\n".join(parts)
+    parts.append(f'<p class="fail">First failing pass: {escape(str(culprit.get("name")))} '
+                 f'(step {culprit.get("step")})</p>')
+    if culprit.get("localized"):
+        parts.append("<p>Revert these sites and the pass meets the thresholds: <code>"
+                     + escape(", ".join(culprit.get("sites") or [])) + "</code></p>")
+    else:
+        parts.append(f'<p class="note">Sites not localized: {escape(str(culprit.get("note", "")))}</p>')
+    impact = [r for r in culprit.get("site_impact") or [] if isinstance(r.get("snr_db"), (int, float))]
+    if impact:
+        parts.append(bar_chart("output SNR with only this site applied (dB)",
+                               [(r["site"], {"SNR dB": _cap(r["snr_db"])}) for r in impact], ["SNR dB"], "dB"))
     return "\n".join(parts)
 
 
