@@ -24,6 +24,7 @@ from tests.conftest import make_model, tensor
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript exporter
 
 
 def export(module, shape, opset=17) -> onnx.ModelProto:
