@@ -459,3 +459,19 @@ def test_explain_matches_onnxruntime_qdq_loss_debug(cnn, data, digits_calib_path
     assert set(theirs) == set(ours)
     for name, snr in theirs.items():
         assert ours[name] == pytest.approx(snr, abs=1e-3), name
+
+
+def test_explain_real_quantize_relu_folded_name(cnn, data, digits_calib_path):
+    """The quantize pass folds the residual Relu into uint8 QDQ and gives its output name to
+    the Add: that tensor holds the Add's value and is compared with the Add's output."""
+    import graphopt
+
+    result = graphopt.optimize(cnn, passes="cleanup,fuse,quantize", inputs=data,
+                               calibration_data=str(digits_calib_path))
+    found = explain(cnn, result.model, inputs=data, tensor_map=result.report)
+    producer = {o: n.op_type for n in result.model.graph.node for o in n.output}
+    rows = {row["candidate"]: row for row in found["layers"]}
+    if producer.get("/Relu_2_output_0") == "Add":
+        assert rows["/Relu_2_output_0"]["tensor"] == "/Add_output_0"
+    assert all(row["snr_db"] > 25 for row in found["layers"])  # no tensor compared with the wrong one
+    assert {row["via"] for row in found["layers"]} >= {"name", "qdq"}

@@ -8,7 +8,10 @@ Three sources, tried in order for every tensor a candidate node produces:
    Chained over the passes in order, new names resolve to names of the original graph.
    A name mapped to "" (or None) has no counterpart: a pass that gives an old name to a
    new value (a Relu folded away, its output name now on the Add before it) says so.
-3. Same name.
+3. Same name, unless the name moved: when a pass folds an activation away (a Relu
+   absorbed by uint8 quantization) and hands its output name to the node before it, the
+   candidate tensor is produced by an op of the activation's input's kind (Add where the
+   reference has Add -> Relu), so it holds the activation's *input*, and maps there.
 A candidate tensor corresponds to a reference tensor when the resolved name is produced
 by a node of the reference graph.
 """
@@ -24,6 +27,9 @@ import onnx
 from graphopt.errors import InputError
 
 log = logging.getLogger(__name__)
+
+# Elementwise activations a pass may fold into its neighbour (quantization clipping, fusion).
+ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Elu"}
 
 
 def chain_tensor_maps(records: list[dict]) -> dict[str, str]:
@@ -72,12 +78,15 @@ def correspondences(reference: onnx.ModelProto, candidate: onnx.ModelProto,
     tensor_map = tensor_map or {}
     known = reference_tensors(reference)
     made = {o: node for node in candidate.graph.node for o in node.output if o}
+    ref_made = {o: node for node in reference.graph.node for o in node.output if o}
     pairs = []
     for node in candidate.graph.node:
         for out in node.output:
             if not out:
                 continue
             source, how = _resolve(out, made, tensor_map, known)
+            if how == "name":
+                source, how = _moved_name(source, node, ref_made)
             if source in known:
                 pairs.append((source, out, how))
     log.debug("%d candidate tensors correspond to reference tensors", len(pairs))
@@ -89,6 +98,17 @@ def reference_tensors(reference: onnx.ModelProto) -> set[str]:
     inits = {t.name for t in reference.graph.initializer}
     return ({o for node in reference.graph.node for o in node.output if o}
             | {i.name for i in reference.graph.input if i.name not in inits})
+
+
+def _moved_name(name: str, cand_node: onnx.NodeProto, ref_made: dict) -> tuple[str, str]:
+    """A same-named tensor whose reference producer is an activation the candidate folded away."""
+    ref_node = ref_made.get(name)
+    if ref_node is None or ref_node.op_type not in ACTIVATIONS or cand_node.op_type == ref_node.op_type:
+        return name, "name"
+    before = ref_made.get(ref_node.input[0]) if ref_node.input else None
+    if before is not None and before.op_type == cand_node.op_type:
+        return ref_node.input[0], "activation-folded"
+    return name, "name"
 
 
 def _resolve(name: str, made: dict, tensor_map: dict[str, str], known: set[str],
