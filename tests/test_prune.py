@@ -387,3 +387,13 @@ def test_fused_qkv_and_glu_split_partitions_the_source():
                   for r in result.stats["groups"])
     # GLU halves couple through the product; Q, K, V parts through the two attention MatMuls
     assert rows == [(1, 24, 12, 2), (4, 16, 8, 3)]
+
+
+@pytest.mark.parametrize("options", [{"scope": "global", "criterion": "l2", "round_to": 4},
+                                     {"criterion": "activation", "ratio": 0.4}])
+def test_resnet_other_criteria_exact(options):
+    model = export(ResNet(), (2, 3, 8, 8))
+    feeds = [{"x": np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)}]
+    result = assert_exact(model, (2, 3, 8, 8), feeds=feeds, **{"ratio": 0.5, **options})
+    if options.get("round_to"):
+        assert all(r["channels_after"] % 4 == 0 for r in result.stats["groups"])
