@@ -326,10 +326,49 @@ def test_npz_not_matching_model(tmp_path, capsys, tiny_src, arrays, message, fla
 def test_npz_not_a_zip_or_pickled(tmp_path, capsys, tiny_src):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"PK\x03\x04 not really")
-    _refused(tmp_path, capsys, tiny_src, "not a readable .npz", "--inputs", str(junk))
+    _refused(tmp_path, capsys, tiny_src, "not a zip archive", "--inputs", str(junk))
+    npy = tmp_path / "plain.npy"
+    np.save(npy, np.zeros((2, 4), np.float32))
+    _refused(tmp_path, capsys, tiny_src, "not a zip archive", "--inputs", str(npy))
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, x=np.array([{"a": 1}], dtype=object))
     _refused(tmp_path, capsys, tiny_src, "not a readable .npz", "--inputs", str(pickled))
+
+
+def _npz_with_header(path, shape, payload=b""):
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + payload)
+    return path
+
+
+def test_npz_declaring_terabytes_refused_before_reading(tmp_path, capsys, tiny_src):
+    """A 100-byte .npz whose header declares 4 TiB must not be allocated (was MemoryError, exit 3)."""
+    bomb = _npz_with_header(tmp_path / "bomb.npz", (1 << 40, 4))
+    _refused(tmp_path, capsys, tiny_src, "arrays declare 16384.0 GiB, over the 8 GiB limit", "--inputs", str(bomb))
+    short = _npz_with_header(tmp_path / "short.npz", (1 << 10, 4), bytes(64))
+    _refused(tmp_path, capsys, tiny_src, "not a readable .npz file", "--calibration-data", str(short))
+
+
+@pytest.mark.parametrize("command", ["inspect", "cost", "diff", "verify", "explain"])
+@pytest.mark.parametrize("defect,message", [("huge", "would need 4096.0 GiB"), ("mismatch", "holds 20 values but the data has 16"),
+                                            ("junk", "not an ONNX model")])
+def test_every_command_refuses_corrupt_tensors(tmp_path, capsys, tiny_src, command, defect, message):
+    """Not only optimize: read-only commands refuse corrupt tensors too (diff used to crash reshaping them)."""
+    model = _tiny()
+    if defect == "huge":
+        model.graph.initializer[0].dims[:] = [1 << 20, 1 << 20]
+    elif defect == "mismatch":
+        model.graph.initializer[0].dims[:] = [4, 5]
+    bad = _write(tmp_path / "bad.onnx", b"\x12\x34junk" * 9 if defect == "junk" else model.SerializeToString())
+    args = [command, str(bad)] if command in ("inspect", "cost") else [command, str(tiny_src), str(bad)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
 
 
 # ---------------------------------------------------------------- external data

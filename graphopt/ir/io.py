@@ -24,7 +24,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from graphopt.errors import InputError
-from graphopt.ir.tensorsize import check_declared_size, declared_bytes
+from graphopt.ir.tensorsize import check_declared_size, check_tensor_storage, declared_bytes
 
 PROTOBUF_LIMIT = 2**31 - 1
 SUPPORTED_IR_VERSIONS = range(3, 12)
@@ -72,6 +72,10 @@ def parse_model_bytes(data: bytes, label: str = "model") -> onnx.ModelProto:
             f"{label}: IR version {model.ir_version} is outside the supported range "
             f"{SUPPORTED_IR_VERSIONS.start}-{SUPPORTED_IR_VERSIONS.stop - 1}"
         )
+    # every command (inspect, cost, diff ...) gets this: a tensor whose data disagrees with its
+    # shape, or whose shape would need terabytes, is refused before anyone materializes it
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        check_tensor_storage(tensor, f"{label}: tensor {tensor.name!r}")
     return model
 
 

@@ -66,3 +66,37 @@ def check_declared_size(tensor: onnx.TensorProto, label: str) -> None:
     if size is not None and size > MAX_TENSOR_BYTES:
         raise InputError(f"{label}: declared size {list(tensor.dims)} would need "
                          f"{size / 2**30:.1f} GiB (limit {MAX_TENSOR_BYTES / 2**30:.0f} GiB)")
+
+
+def check_tensor_storage(tensor: onnx.TensorProto, label: str) -> None:
+    """check_declared_size, then (for data stored in the file) that the data holds exactly
+    the values the shape declares: a mismatch would crash whoever reshapes it later."""
+    check_declared_size(tensor, label)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return
+    count, stored = element_count(tensor), stored_elements(tensor)
+    if stored is not None and stored != count:
+        raise InputError(f"{label}: shape {list(tensor.dims)} holds {count} values but the data has {stored}")
+
+
+def stored_elements(tensor: onnx.TensorProto) -> int | None:
+    """Values the tensor's data holds (raw bytes or typed fields); None when not countable."""
+    if tensor.HasField("raw_data"):
+        bits = value_bits(tensor.data_type)
+        if bits is None:
+            return None
+        if bits < 8:  # packed sub-byte values: the byte count decides, padding included
+            return element_count(tensor) if len(tensor.raw_data) == declared_bytes(tensor) else \
+                len(tensor.raw_data) * 8 // bits
+        return len(tensor.raw_data) // (bits // 8)
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        values = getattr(tensor, field)
+        if len(values):
+            if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+                return len(values) // 2
+            if tensor.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16) or tensor.data_type in PACKED_BITS:
+                return None
+            return len(values)
+    if len(tensor.string_data):
+        return len(tensor.string_data)
+    return 0 if tensor.data_type != onnx.TensorProto.UNDEFINED else None

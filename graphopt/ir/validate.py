@@ -19,7 +19,7 @@ from onnx import helper
 from graphopt.errors import InputError
 from graphopt.ir.rewrite import topological_order
 from graphopt.ir.subgraphs import iter_graphs
-from graphopt.ir.tensorsize import MAX_TENSOR_BYTES, PACKED_BITS, check_declared_size, declared_bytes, element_count, value_bits
+from graphopt.ir.tensorsize import MAX_TENSOR_BYTES, check_tensor_storage, element_count
 
 log = logging.getLogger(__name__)
 
@@ -71,41 +71,15 @@ def _check_tensors(graph: onnx.GraphProto, warnings: list[str]) -> None:
 
 def _check_tensor(tensor: onnx.TensorProto, warnings: list[str], owner: str | None = None) -> None:
     label = f"tensor {tensor.name or owner!r}"
-    check_declared_size(tensor, label)
+    check_tensor_storage(tensor, label)
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return
     count = element_count(tensor)
-    stored = _stored_elements(tensor)
-    if stored is not None and stored != count:
-        raise InputError(f"{label}: shape {list(tensor.dims)} holds {count} values but the data has {stored}")
     if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16) and count:
         values = onnx.numpy_helper.to_array(tensor)
         bad = int((~np.isfinite(values)).sum())
         if bad:
             warnings.append(f"{label}: {bad} NaN/Inf value(s)")
-
-
-def _stored_elements(tensor: onnx.TensorProto) -> int | None:
-    """Values the tensor's data holds (raw bytes or typed fields); None when not countable."""
-    if tensor.HasField("raw_data"):
-        bits = value_bits(tensor.data_type)
-        if bits is None:
-            return None
-        if bits < 8:  # packed sub-byte values: the byte count decides, padding included
-            return element_count(tensor) if len(tensor.raw_data) == declared_bytes(tensor) else \
-                len(tensor.raw_data) * 8 // bits
-        return len(tensor.raw_data) // (bits // 8)
-    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-        values = getattr(tensor, field)
-        if len(values):
-            if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
-                return len(values) // 2
-            if tensor.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16) or tensor.data_type in PACKED_BITS:
-                return None
-            return len(values)
-    if len(tensor.string_data):
-        return len(tensor.string_data)
-    return 0 if tensor.data_type != onnx.TensorProto.UNDEFINED else None
 
 
 def _check_names(graph: onnx.GraphProto, outer: set[str]) -> None:

@@ -25,6 +25,7 @@ DEFAULT_DIM = {"batch": 1, "batch_size": 1, "n": 1, "sequence": 16, "seq": 16,
 NAMED_INTEGERS = {"sr": 16000, "sample_rate": 16000, "sampling_rate": 16000}
 MAX_SYNTH_ELEMENTS = 1 << 24
 BATCH = 64
+MAX_NPZ_BYTES = 8 << 30
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -108,10 +109,13 @@ def load_npz(path, model: onnx.ModelProto | None = None,
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such data file")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a readable .npz file (not a zip archive; write one with numpy.savez)")
+    _check_declared_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as err:
         raise InputError(f"{path}: not a readable .npz file ({err})") from err
     if not arrays:
         raise InputError(f"{path}: contains no arrays")
@@ -125,6 +129,27 @@ def load_npz(path, model: onnx.ModelProto | None = None,
         n = min(n, max_samples)
     step = BATCH if model is not None and _dynamic_batch(model) else 1
     return [{k: v[i:min(i + step, n)] for k, v in arrays.items()} for i in range(0, n, step)]
+
+
+def _check_declared_sizes(path: Path) -> None:
+    """Refuse arrays whose .npy headers declare more than MAX_NPZ_BYTES in all, before reading
+    any data: a few bytes of header (or a zip bomb) must not make us allocate terabytes."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version not in readers:
+                        continue  # np.load reports what it cannot read
+                    shape, _, dtype = readers[version](member)
+                    total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npz file ({err})") from err
+    if total > MAX_NPZ_BYTES:
+        raise InputError(f"{path}: arrays declare {total / 2**30:.1f} GiB, over the "
+                         f"{MAX_NPZ_BYTES / 2**30:.0f} GiB limit for data files")
 
 
 def _dynamic_batch(model: onnx.ModelProto) -> bool:
