@@ -296,6 +296,30 @@ def test_reshape_target_from_shape_becomes_constant():
     _assert_same(before, result.model, {"x": (2, 3, 4)})
 
 
+@pytest.mark.parametrize("a,b", [([0], [0]), ([1], [0, 3]), ([-1], [1])])
+def test_unsqueeze_chain_merged(a, b):
+    nodes = [helper.make_node("Unsqueeze", ["x", "a"], ["u"], name="/u1"),
+             helper.make_node("Unsqueeze", ["u", "b"], ["v"], name="/u2"),
+             helper.make_node("Relu", ["v"], ["y"], name="/relu")]
+    inits = [_init("a", np.array(a, np.int64)), _init("b", np.array(b, np.int64))]
+    model = _model(nodes, [_vi("x", ["N", 3])], [_vi("y", None)], inits)
+    before, result = _fuse(model)
+    assert _ops(result.model) == {"Unsqueeze": 1, "Relu": 1}
+    _assert_same(before, result.model, {"x": (2, 3)})
+
+
+@pytest.mark.parametrize("axes2,merged", [([2], True), ([1], False)])
+def test_slice_chain_on_other_axes_merged(axes2, merged):
+    nodes = [helper.make_node("Slice", ["x", "s1", "e1", "a1"], ["t"], name="/s1"),
+             helper.make_node("Slice", ["t", "s2", "e2", "a2"], ["y"], name="/s2")]
+    inits = [_init("s1", np.array([1], np.int64)), _init("e1", np.array([3], np.int64)), _init("a1", np.array([1], np.int64)),
+             _init("s2", np.array([1], np.int64)), _init("e2", np.array([2], np.int64)), _init("a2", np.array(axes2, np.int64))]
+    model = _model(nodes, [_vi("x", [2, 4, 5])], [_vi("y", None)], inits)
+    before, result = _fuse(model)
+    assert _ops(result.model) == ({"Slice": 1} if merged else {"Slice": 2})
+    _assert_same(before, result.model, {"x": (2, 4, 5)})
+
+
 # ---------------------------------------------------------------- pattern fusion
 def _layernorm_nodes(mul_form=False):
     sq = (helper.make_node("Mul", ["d", "d"], ["p"], name="/sq") if mul_form

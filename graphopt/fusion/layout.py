@@ -288,7 +288,93 @@ def rewrite_dims_concat(g: FusionGraph, m: Match) -> None:
     g.remove(concat)
 
 
+# ---------------------------------------------------------------- Unsqueeze chains
+def _unsqueeze_axes(g: FusionGraph, node) -> list[int] | None:
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = g.value(node.input[1])
+        axes = None if value is None else value.reshape(-1).tolist()
+    return None if axes is None else [int(a) for a in axes]
+
+
+def match_unsqueezes(g: FusionGraph, outer) -> Match | None:
+    inner = g.producer(outer.input[0], "Unsqueeze")
+    return None if inner is None else Match([outer, inner])
+
+
+def check_unsqueezes(g: FusionGraph, m: Match) -> str | None:
+    """Outer axes B are final positions; the inner tensor's dim i lands on the i-th position not in B."""
+    outer, inner = m.nodes
+    a, b, rank = _unsqueeze_axes(g, inner), _unsqueeze_axes(g, outer), g.rank(inner.input[0])
+    if a is None or b is None or rank is None:
+        return f"Unsqueezes {inner.name!r}, {outer.name!r} not merged: axes or rank unknown"
+    mid_rank, final_rank = rank + len(a), rank + len(a) + len(b)
+    a = sorted(x % mid_rank for x in a)
+    b = sorted(x % final_rank for x in b)
+    others = [p for p in range(final_rank) if p not in b]
+    m.data["axes"] = sorted(b + [others[i] for i in a])
+    return None
+
+
+def rewrite_unsqueezes(g: FusionGraph, m: Match) -> None:
+    outer, inner = m.nodes
+    if len(outer.input) > 1:
+        outer.input[1] = g.add_constant(np.array(m["axes"], np.int64), f"{outer.name or outer.output[0]}_axes")
+    else:
+        set_attr(outer, "axes", m["axes"])
+    outer.input[0] = inner.input[0]
+
+
+# ---------------------------------------------------------------- Slice chains
+def _slice_parts(g: FusionGraph, node):
+    """(starts, ends, axes) of an opset>=10 Slice with constant operands and unit steps, or None."""
+    if len(node.input) < 3:
+        return None
+    values = [g.value(n) if n else None for n in node.input[1:5]]
+    if any(v is None for v, n in zip(values, node.input[1:5]) if n):
+        return None
+    starts, ends = values[0].reshape(-1), values[1].reshape(-1)
+    axes = values[2].reshape(-1) if len(values) > 2 and values[2] is not None else np.arange(starts.size)
+    steps = values[3] if len(values) > 3 and values[3] is not None else None
+    if steps is not None and np.any(steps != 1):
+        return None
+    return starts.astype(np.int64), ends.astype(np.int64), axes.astype(np.int64)
+
+
+def match_slices(g: FusionGraph, outer) -> Match | None:
+    inner = g.producer(outer.input[0], "Slice")
+    return None if inner is None else Match([outer, inner])
+
+
+def check_slices(g: FusionGraph, m: Match) -> str | None:
+    """Unit-step slices on disjoint axes commute, so one Slice takes both sets of bounds."""
+    outer, inner = m.nodes
+    a, b, rank = _slice_parts(g, inner), _slice_parts(g, outer), g.rank(inner.input[0])
+    if a is None or b is None or rank is None:
+        return f"Slices {inner.name!r}, {outer.name!r} not merged: bounds not constant, steps not 1 or rank unknown"
+    axes_a, axes_b = a[2] % rank, b[2] % rank
+    if set(axes_a.tolist()) & set(axes_b.tolist()):
+        return f"Slices {inner.name!r}, {outer.name!r} not merged: they slice the same axis"
+    if not g.private(inner.output[0]):
+        return f"Slices {inner.name!r}, {outer.name!r} not merged: the first has other readers"
+    m.data["parts"] = [np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]), np.concatenate([axes_a, axes_b])]
+    return None
+
+
+def rewrite_slices(g: FusionGraph, m: Match) -> None:
+    outer, inner = m.nodes
+    base = outer.name or outer.output[0]
+    names = [g.add_constant(v, f"{base}_{k}") for v, k in zip(m["parts"], ("starts", "ends", "axes"))]
+    del outer.input[:]
+    outer.input.extend([inner.input[0]] + names)
+    g.remove(inner)
+
+
 RULES = [
+    Rule("slices_merged", ("Slice",), match_slices, check_slices, rewrite_slices,
+         "Slice of a Slice on other axes merged into one"),
+    Rule("unsqueezes_merged", ("Unsqueeze",), match_unsqueezes, check_unsqueezes, rewrite_unsqueezes,
+         "Unsqueeze of an Unsqueeze merged into one"),
     Rule("dims_concat_simplified", ("Concat",), match_dims_concat, check_dims_concat, rewrite_dims_concat,
          "Concat of static dims to a constant, of all dims of x in order to Shape(x)"),
     Rule("shape_dim_folded", ("Gather",), match_shape_dim, check_shape_dim, rewrite_shape_dim,
