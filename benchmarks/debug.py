@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results" / "debug.md"
 
-from graphopt.debug import bisect, explain  # noqa: E402
-from graphopt.passes import Pass, PassResult, option, register_pass  # noqa: E402
+from graphopt.debug import bisect, explain
+from graphopt.passes import Pass, PassResult, option, register_pass
 
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 
@@ -93,7 +93,7 @@ def polygraphy_first_failure(reference, candidate, feeds, tol) -> tuple[str | No
     seconds = time.perf_counter() - start
     verdicts = {}
     for result in accuracy:
-        for _, iterations in result.items():
+        for iterations in result.values():
             for it in iterations:
                 for name, ok in it.items():
                     verdicts[name] = verdicts.get(name, True) and bool(ok)
@@ -129,7 +129,12 @@ def localization(label: str, path: Path, data: Path) -> list[dict]:
 
 
 def ort_quantized_cnn(tmp: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     calib = np.load(ROOT / "models" / "digits_calib.npz")["input"][:128]
@@ -150,9 +155,12 @@ def ort_quantized_cnn(tmp: Path) -> Path:
 
 def qdq_agreement(repeats: int = 3) -> dict:
     from onnxruntime.quantization import CalibrationDataReader
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
-                                                         create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
     x = np.load(ROOT / "models" / "digits_test.npz")["input"][:64]
 
@@ -204,12 +212,10 @@ def write(rows: list[dict], qdq: dict) -> None:
              "median s: bisect / explain / Polygraphy |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for model in dict.fromkeys(r["model"] for r in rows):
         sub = [r for r in rows if r["model"] == model]
-
-        def count(key):
-            return f"{sum(bool(r[key]) for r in sub)}/{len(sub)}"
-
-        lines.append(f"| {model} | {len(sub)} | {count('detected')} | {count('site')} | {count('explain_top1')} | "
-                     f"{count('poly_1e-05')} | {count('poly_0.001')} | "
+        hits = {key: f"{sum(bool(r[key]) for r in sub)}/{len(sub)}"
+                for key in ("detected", "site", "explain_top1", "poly_1e-05", "poly_0.001")}
+        lines.append(f"| {model} | {len(sub)} | {hits['detected']} | {hits['site']} | {hits['explain_top1']} | "
+                     f"{hits['poly_1e-05']} | {hits['poly_0.001']} | "
                      f"{statistics.median(r['reruns'] for r in sub):g} / {sub[0]['sites_total']} | "
                      f"{statistics.median(r['bisect_s'] for r in sub):.2f} / "
                      f"{statistics.median(r['explain_s'] for r in sub):.2f} / "

@@ -337,7 +337,7 @@ def _edited_cnn(path):
 
 
 def test_diff_exact_counts(cnn):
-    edited, _, weight = _edited_cnn(cnn)
+    edited, _, _ = _edited_cnn(cnn)
     result = diff(cnn, edited)
     assert result["op_types"]["changed"] == {"Identity": {"a": 0, "b": 1, "delta": 1},
                                              "Relu": {"a": 3, "b": 2, "delta": -1}}
@@ -432,10 +432,17 @@ def test_explain_matches_onnxruntime_qdq_loss_debug(cnn, data, digits_calib_path
     """On an onnxruntime-quantized QDQ model (its naming: the DQ output takes the float
     tensor's name, the graph input is quantized too) every activation is matched and the
     SNR equals onnxruntime's own qdq_loss_debug xmodel_err."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
-                                                         create_activation_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self, x):

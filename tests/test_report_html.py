@@ -28,7 +28,7 @@ class _ScaleConv2(Pass):
         init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(3), init.name))
         return PassResult(model, True, {"scaled": 1}, sites=["/conv2/Conv"])
 
-EXTERNAL = re.compile(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
+EXTERNAL = re.compile(r"""(?:src|href|xlink:href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
 
 def _self_contained(html: str) -> None:

@@ -37,8 +37,14 @@ def bisect(model, passes=None, inputs=None, thresholds=None, target=None, calibr
            progress: bool = False) -> dict:
     """Run `passes` (inline spec, list of PassSpec, or a `pipeline` TOML file) one by one,
     verify each step against the original, and localize the first failure."""
-    from graphopt.api import (_require_runnable, _thresholds, _verification_inputs, as_feeds, as_model,
-                              resolve_pipeline)
+    from graphopt.api import (
+        _require_runnable,
+        _thresholds,
+        _verification_inputs,
+        as_feeds,
+        as_model,
+        resolve_pipeline,
+    )
     from graphopt.ir.validate import check_level, validate_model
 
     config, target_obj = resolve_pipeline(passes, pipeline, target)

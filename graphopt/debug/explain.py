@@ -23,8 +23,18 @@ import math
 
 import onnx
 
-from graphopt.debug.correspond import correspondences, load_tensor_map, reference_tensors
-from graphopt.debug.tensors import SNR_CAP_DB, ErrorAccumulator, count_samples, is_float_array, run_exposed
+from graphopt.debug.correspond import (
+    correspondences,
+    load_tensor_map,
+    reference_tensors,
+)
+from graphopt.debug.tensors import (
+    SNR_CAP_DB,
+    ErrorAccumulator,
+    count_samples,
+    is_float_array,
+    run_exposed,
+)
 
 log = logging.getLogger(__name__)
 
