@@ -242,3 +242,10 @@ def test_float16_weight_split_keeps_dtype():
     assert {t.data_type for t in result.model.graph.initializer} == {onnx.TensorProto.FLOAT16}
     ref, got = run_ort(model, feeds)["y"], run_ort(result.model, feeds)["y"]
     assert np.linalg.norm(got.astype(np.float32) - ref) / np.linalg.norm(ref.astype(np.float32)) < 5e-3
+
+
+def test_min_saving_skips_layers_that_barely_shrink():
+    model = matmul_model(RNG.standard_normal((128, 128)).astype(np.float32))
+    assert run_pass(model, rank=56).changed  # saves 12.5% of the params
+    result = run_pass(model, rank=56, min_saving=0.2)
+    assert not result.changed and "saves 12.5% of the params < min_saving=0.2" in result.notes[-1]

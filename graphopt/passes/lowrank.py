@@ -71,6 +71,8 @@ class LowRank(Pass):
         min_size: int = option(4096, "skip weights with fewer elements than this")
         exclude: list[str] = option([], "node or weight names (glob patterns) to leave alone")
         conv1x1: bool = option(False, "also split 1x1 Conv layers with group=1")
+        min_saving: float = option(0.0, "split a layer only if it saves at least this fraction of its "
+                                   "parameters (small savings rarely repay the accuracy lost)")
         force: bool = option(False, "split even where parameters or target cost do not drop (experiments)")
 
     def is_lossless(self) -> bool:
@@ -169,6 +171,9 @@ class LowRank(Pass):
         if k * (kdim + ndim) >= kdim * ndim:
             return (f"not split: rank {k} (numerical rank {split.numerical_rank}) keeps {k * (kdim + ndim)} >= "
                     f"{kdim * ndim} params; needs k < {kdim * ndim / (kdim + ndim):.1f}")
+        saving = 1 - k * (kdim + ndim) / (kdim * ndim)
+        if saving < self.options.min_saving:
+            return f"not split: rank {k} saves {saving:.1%} of the params < min_saving={self.options.min_saving}"
         if latency is None:
             return None
         name = FLOAT_DTYPES[dtype]
