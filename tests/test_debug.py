@@ -482,3 +482,10 @@ def test_explain_real_quantize_relu_folded_name(cnn, data, digits_calib_path):
         assert rows["/Relu_2_output_0"]["tensor"] == "/Add_output_0"
     assert all(row["snr_db"] > 25 for row in found["layers"])  # no tensor compared with the wrong one
     assert {row["via"] for row in found["layers"]} >= {"name", "qdq"}
+
+
+def test_localize_keeps_result_when_budget_ends_during_impact():
+    runs = CachedProbe(lambda a: {"failed": "s1" in a, "cosine": 0.5 if "s1" in a else 1.0}, 9)
+    found = localize([f"s{i}" for i in range(8)], runs)
+    assert found["localized"] and found["sites"] == ["s1"]
+    assert 0 < len(found["site_impact"]) < 8 and runs.runs == 9

@@ -87,13 +87,22 @@ def localize(sites: list[str], probe: CachedProbe, impact_limit: int = 32) -> di
                     "ctx.skip_sites or the failure is not tied to its sites"}
         causes, applied = _causes(list(sites), probe)
         revert = _minimal_revert(applied, [s for s in sites if s not in applied], probe)
-        impact = [{"site": s, **_summary(probe.outcome(frozenset({s})))}
-                  for s in sites] if len(sites) <= impact_limit else []
     except Budget:
         return {"localized": False, "note": f"gave up after {probe.runs} reruns of the pass (budget)"}
-    impact.sort(key=lambda row: (not row["failed"], row.get("cosine", 1.0)))
     log.info("sites responsible: %s (%d reruns)", revert, probe.runs)
-    return {"localized": True, "sites": revert, "causes": causes, "site_impact": impact}
+    return {"localized": True, "sites": revert, "causes": causes,
+            "site_impact": _impact(sites, probe) if len(sites) <= impact_limit else []}
+
+
+def _impact(sites: list[str], probe: CachedProbe) -> list[dict]:
+    """Each site's error applied alone, worst first; as many as the run budget allows."""
+    rows = []
+    for site in sites:
+        try:
+            rows.append({"site": site, **_summary(probe.outcome(frozenset({site})))})
+        except Budget:
+            break
+    return sorted(rows, key=lambda row: (not row["failed"], row.get("cosine", 1.0)))
 
 
 def _causes(applied: list[str], probe: CachedProbe) -> tuple[list[list[str]], list[str]]:
