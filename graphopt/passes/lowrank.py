@@ -21,8 +21,8 @@ A split pays only when it is smaller and faster: parameters drop iff k (K + N) <
 k < K N / (K + N); latency is asked of the target's cost model,
 matmul_latency_ms(m, K, k) + matmul_latency_ms(m, k, N) < matmul_latency_ms(m, K, N), where
 m is the number of rows the layer sees on the verification inputs (the extra node has a
-fixed per-op overhead, so small layers rarely pay). Without a target only the parameter
-rule applies, and a note says so. Each split layer reports k, kept energy, params and MACs
+fixed per-op overhead, so small layers rarely pay); `min_saving` can demand a larger
+parameter cut. Without a target only the parameter rule applies, and a note says so. Each split layer reports k, kept energy, params and MACs
 before/after and its output error on the verification inputs (run through onnxruntime).
 """
 
