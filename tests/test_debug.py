@@ -12,7 +12,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from graphopt.cli import main
-from graphopt.debug import bisect, chain_tensor_maps, diff, explain, layer_stats
+from graphopt.debug import bisect, chain_tensor_maps, diff, explain, layer_stats, load_tensor_map
 from graphopt.debug.sites import CachedProbe, ddmin, localize
 from graphopt.passes import Pass, PassResult, option, register_pass
 from graphopt.pipeline_spec import PassSpec
@@ -280,6 +280,9 @@ def test_explain_reads_dump_dir_tensor_maps(cnn, data, tmp_path):
     found = explain(cnn, result.model, inputs=data, tensor_map=str(dump))
     assert found["ranking"][0]["tensor"] == "/conv1/Conv_output_0"
     assert found["ranking"][0]["via"] == "rewrite-log"
+    step = explain(dump / "00-input.onnx", dump / "01-test-debug-planted.onnx", inputs=data, tensor_map=str(dump))
+    assert step["ranking"][0]["via"] == "rewrite-log"
+    assert load_tensor_map(str(dump), 0) == {} and load_tensor_map(str(dump), 1) == load_tensor_map(str(dump))
 
 
 def test_explain_maps_qdq_to_float_original(cnn, data):

@@ -41,8 +41,9 @@ def chain_tensor_maps(records: list[dict]) -> dict[str, str]:
     return {k: v for k, v in to_original.items() if k != v}
 
 
-def load_tensor_map(source) -> dict[str, str]:
-    """A tensor map from a dict, a report dict, a report .json path, or a --dump-dir."""
+def load_tensor_map(source, upto_step: int | None = None) -> dict[str, str]:
+    """A tensor map from a dict, a report dict, a report .json path, or a --dump-dir
+    (only its steps up to `upto_step` when the candidate is that step's NN-pass.onnx)."""
     if source is None:
         return {}
     if isinstance(source, dict):
@@ -53,8 +54,9 @@ def load_tensor_map(source) -> dict[str, str]:
         return chain_tensor_maps(list(source))
     path = Path(source)
     if path.is_dir():
-        steps = sorted(p for p in path.glob("[0-9][0-9]-*.json"))
-        if not steps:
+        steps = sorted(p for p in path.glob("[0-9][0-9]-*.json")
+                       if upto_step is None or int(p.name[:2]) <= upto_step)
+        if not steps and upto_step is None:
             raise InputError(f"{path}: no NN-pass.json step reports in this dump directory")
         return chain_tensor_maps([_read_json(p) for p in steps])
     if not path.is_file():
@@ -126,3 +128,11 @@ def _resolve(name: str, made: dict, tensor_map: dict[str, str], known: set[str],
         source = _resolve(quant.input[0], made, tensor_map, known, depth + 1)[0]
         return (source if source in known else name if name in known else None), "qdq"
     return name, "name"
+
+
+def dump_step(candidate) -> int | None:
+    """The step number of a candidate given as a dump file path (`03-quantize.onnx` -> 3)."""
+    if not isinstance(candidate, (str, Path)):
+        return None
+    name = Path(candidate).name
+    return int(name[:2]) if len(name) > 3 and name[:2].isdigit() and name[2] == "-" else None

@@ -23,11 +23,7 @@ import math
 
 import onnx
 
-from graphopt.debug.correspond import (
-    correspondences,
-    load_tensor_map,
-    reference_tensors,
-)
+from graphopt.debug.correspond import correspondences, dump_step, load_tensor_map, reference_tensors
 from graphopt.debug.tensors import (
     SNR_CAP_DB,
     ErrorAccumulator,
@@ -53,7 +49,7 @@ def explain(reference, candidate, inputs=None, tensor_map=None, top: int = 10,
     ref, cand = as_model(reference), as_model(candidate)
     _check_same_signature(ref, cand)
     feeds = _verification_inputs(ref, inputs, None, seed)
-    pairs = correspondences(ref, cand, load_tensor_map(tensor_map))
+    pairs = correspondences(ref, cand, load_tensor_map(tensor_map, dump_step(candidate)))
     accumulators = _accumulate(ref, cand, feeds, pairs)
     layers = _layers(ref, cand, pairs, accumulators, noise_floor_db)
     ranking = sorted((row for row in layers if row.get("introduced_db") is not None),
