@@ -80,16 +80,18 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-def run(cases: int, seed: int, only: int | None = None) -> dict:
+def run(cases: int, seed: int, only: int | None = None, start_at: int = 0, trace: bool = False) -> dict:
     models = real_models()
     counts = {k: collections.Counter() for k in KINDS}
     findings: dict[str, dict] = {}
     signal.signal(signal.SIGALRM, _alarm)
     start = time.perf_counter()
-    indices = [only] if only is not None else range(cases)
+    indices = [only] if only is not None else range(start_at, start_at + cases)
     with tempfile.TemporaryDirectory() as tmp:
         for n, i in enumerate(indices, 1):
             kind, source, data, pipeline, target = make_case(i, seed, models)
+            if trace:
+                print(f"case {i}: {source} | {pipeline}", file=sys.stderr, flush=True)
             signal.alarm(CASE_TIMEOUT_S)
             try:
                 outcome = run_case(data, pipeline, Path(tmp), ("--target", target))
@@ -164,12 +166,20 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", type=int, help="run just this case index (reproduce a finding)")
+    parser.add_argument("--start", type=int, default=0, help="first case index")
+    parser.add_argument("--trace", action="store_true", help="print each case before running it")
+    parser.add_argument("--memory-gb", type=float, default=4.0,
+                        help="address-space limit: a case that tries to allocate more fails instead of swapping the box")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fuzz.md"))
     args = parser.parse_args()
     import logging
 
     logging.disable(logging.WARNING)  # passes' advisory warnings would flood the log
-    result = run(args.cases, args.seed, args.only)
+    import resource
+
+    limit = int(args.memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    result = run(args.cases, args.seed, args.only, args.start, args.trace)
     text = render(result)
     if args.only is None:
         Path(args.out).write_text(text)

@@ -295,7 +295,9 @@ def _attribute(model, c):
     if not attrs:
         return
     attr = c.pick(attrs)
-    value = c.pick((-1, 0, 1, 2, 3, 7, 1 << 20))
+    # bounded: a pad of 2**20 makes a valid model that merely runs for minutes (a resource
+    # limit question, see benchmarks/results/fuzz.md), not a crash this suite looks for
+    value = c.pick((-1, 0, 1, 2, 3, 7, 64))
     if attr.type == onnx.AttributeProto.INT:
         attr.i = value
     elif attr.type == onnx.AttributeProto.FLOAT:
