@@ -25,6 +25,13 @@ def _input_key(g: FusionGraph, name: str, inits: dict) -> str:
     tensor = inits.get(name)
     if tensor is None or (name in g.inputs and g.ir_version >= 4) or tensor.ByteSize() > SMALL_CONSTANT:
         return name
+    memo = g.memo.setdefault("cse_const", {})
+    if name not in memo:  # initializers are never edited in place nor removed while a FusionGraph lives
+        memo[name] = _content_key(tensor)
+    return memo[name]
+
+
+def _content_key(tensor) -> str:
     clone = onnx.TensorProto()
     clone.CopyFrom(tensor)
     clone.name = ""

@@ -45,6 +45,7 @@ class FusionGraph:
         self.needed_opset = 0  # highest opset a rewrite relied on (upgrade_opset)
         self.used_domains: set[str] = set()  # contrib domains new nodes live in
         self._names: set[str] = set()
+        self.memo: dict = {}  # kept across refreshes: only for values keyed by object identity
         self.refresh()
 
     # ------------------------------------------------------------------ indexes
@@ -61,10 +62,13 @@ class FusionGraph:
         self.alive = {id(n) for n in self.graph.node}
         self.cache: dict = {}  # per-index memo for rules (e.g. CSE keys); cleared with the indexes
         self._names = ({o for n in self.graph.node for o in n.output} | self.inputs
-                       | {t.name for t in self.graph.initializer} | {n.name for n in self.graph.node})
-        self._shapes, self._dtypes, self._symbolic = {}, {}, {}
-        for value in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
-            self._record_type(value)
+                       | {t.name for t in self.graph.initializer} | {n.name for n in self.graph.node}
+                       | {v.name for v in self.graph.value_info})  # a stale value_info must not type a new name
+        if not hasattr(self, "_shapes"):
+            # value_info is only read, never edited by rules, so its types are decoded once
+            self._shapes, self._dtypes, self._symbolic = {}, {}, {}
+            for value in list(self.graph.input) + list(self.graph.value_info) + list(self.graph.output):
+                self._record_type(value)
         for tensor in self.graph.initializer:
             self._shapes[tensor.name] = tuple(tensor.dims)
             self._dtypes[tensor.name] = tensor.data_type
