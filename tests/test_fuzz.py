@@ -50,6 +50,9 @@ KNOWN = [
     ("exit3", r"pass 'fuse' .*produced an invalid model: Nodes in a graph must be topologically sorted",
      "fuse bug: folding Add(Add(x, c1), c2) while the inner Add also feeds another node leaves the graph "
      "unsorted (repro: Add(x,w1)->a2; Add(a2,w3)->a4 [graph output]; MatMul(a2,w15)->m)"),
+    ("exit3", r"pass 'fuse' .*produced an invalid model: Graph output '[^']*' is not an output of any node",
+     "fuse bug (affine rule): folding Add(Add(x, c1), c2) drops the inner Add although it is a graph output "
+     "(repro: Add(x,w1)->a [graph output]; Add(a,w2)->b [graph output])"),
 ]
 
 
