@@ -5,7 +5,7 @@ traceback; exit 1 is one error line; the input file is never modified; only exit
 a model, and that model passes onnx.checker and verifies numerically against its input
 (to 1e-5 relative for lossless pipelines, cosine >= 0.99 for lossy ones).
 
-The default run is small and derandomized (same cases every CI run, ~30 s); the `slow`
+The default run (620 cases) is derandomized (same cases every CI run, ~25 s on one idle core); the `slow`
 tests and benchmarks/fuzz_long.py run thousands of cases.
 """
 
@@ -53,6 +53,9 @@ KNOWN = [
     ("exit3", r"pass 'fuse' .*produced an invalid model: Graph output '[^']*' is not an output of any node",
      "fuse bug (affine rule): folding Add(Add(x, c1), c2) drops the inner Add although it is a graph output "
      "(repro: Add(x,w1)->a [graph output]; Add(a,w2)->b [graph output])"),
+    ("exit3", r"pass 'lowrank' .*LinAlgError: SVD did not converge",
+     "lowrank bug: a NaN/Inf in a weight (or a Gemm alpha) reaches numpy's SVD, which raises LinAlgError; "
+     "the site should be skipped with a reason (repro: Gemm with one NaN weight, lowrank{energy=0.99,min_size=0})"),
 ]
 
 
@@ -80,7 +83,7 @@ def _run(hypothesis_test) -> None:
         pytest.xfail(f"{len(_excused)} known finding(s): " + "; ".join(sorted(set(_excused))))
 
 
-@settings(max_examples=60, **COMMON)
+@settings(max_examples=250, **COMMON)
 @given(st.data())
 def _random_valid_graphs(data):
     c = DrawChooser(data)
@@ -94,7 +97,7 @@ def test_random_valid_graphs():
     _run(_random_valid_graphs)
 
 
-@settings(max_examples=60, **COMMON)
+@settings(max_examples=250, **COMMON)
 @given(st.data())
 def _mutated_real_models(data):
     c = DrawChooser(data)
@@ -109,7 +112,7 @@ def test_mutated_real_models():
     _run(_mutated_real_models)
 
 
-@settings(max_examples=30, **COMMON)
+@settings(max_examples=120, **COMMON)
 @given(st.data())
 def _mutated_random_graphs(data):
     c = DrawChooser(data)
@@ -121,7 +124,7 @@ def test_mutated_random_graphs():
     _run(_mutated_random_graphs)
 
 
-@settings(max_examples=400, **COMMON)
+@settings(max_examples=2000, **COMMON)
 @given(st.data())
 def _random_valid_graphs_long(data):
     c = DrawChooser(data)
@@ -133,7 +136,7 @@ def test_random_valid_graphs_long():
     _run(_random_valid_graphs_long)
 
 
-@settings(max_examples=400, **COMMON)
+@settings(max_examples=2000, **COMMON)
 @given(st.data())
 def _mutated_real_models_long(data):
     c = DrawChooser(data)

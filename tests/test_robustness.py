@@ -377,6 +377,15 @@ def _with_external(tmp_path, name="weights.bin", **entries):
     return _write(tmp_path / "ext.onnx", _external(_tiny(), "w", location=name, **entries))
 
 
+def test_output_over_inputs_external_data_refused(tmp_path, capsys):
+    """-o naming the input's weights file would destroy the input, even with --force."""
+    src = _with_external(tmp_path, offset=0, length=64)
+    weights = (tmp_path / "weights.bin").read_bytes()
+    assert main(["optimize", str(src), "-o", str(tmp_path / "weights.bin"), "--passes", "cleanup", "--force"]) == 1
+    assert "output would overwrite the input" in capsys.readouterr().err
+    assert (tmp_path / "weights.bin").read_bytes() == weights
+
+
 def test_external_data_inside_directory_loads(tmp_path, capsys):
     src = _with_external(tmp_path, offset=0, length=64)
     out = tmp_path / "out.onnx"
@@ -774,3 +783,16 @@ def test_fuse_affine_fold_keeps_intermediate_graph_output():
                    [_vi("x", [2, 8])], [_vi("b", [2, 8]), _vi("a", [2, 8])], [_w(rng, "w1", (8,)), _w(rng, "w2", (8,))])
     result = graphopt.optimize(model, passes="fuse")
     assert [o.name for o in result.model.graph.output] == ["b", "a"]
+
+
+@pytest.mark.xfail(strict=False, reason="lowrank: NaN/Inf weights reach numpy's SVD (LinAlgError -> exit 3); "
+                                       "the site should be skipped with a reason, as NaN weights are only a warning")
+def test_lowrank_skips_nan_weights():
+    import graphopt
+
+    weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    weight[3, 4] = np.nan
+    model = _model([helper.make_node("Gemm", ["x", "w"], ["y"])], [_vi("x", [1, 64])], [_vi("y", [1, 64])],
+                   [numpy_helper.from_array(weight, "w")])
+    result = graphopt.optimize(model, passes="lowrank{energy=0.99,min_size=0}")
+    assert not result.report["passes"][0]["changed"]

@@ -38,7 +38,10 @@ def run(args) -> int:
     from graphopt.cli import show_progress
     from graphopt.report import render_markdown, write_report
 
-    check_output_path(args.output, [args.input], args.force)
+    from graphopt.ir.io import external_data_files
+
+    # the input's external data files are part of the input: never write over them either
+    check_output_path(args.output, [args.input, *external_data_files(args.input)], args.force)
     for path in args.report:
         _check_report_path(path, args.force)
     try:

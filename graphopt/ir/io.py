@@ -56,6 +56,25 @@ def load_model(path, load_external_data: bool = True) -> onnx.ModelProto:
     return model
 
 
+def external_data_files(path) -> list[Path]:
+    """Files a model's external data lives in (resolved), so callers can refuse to write over
+    them; [] when the model is unreadable (loading it reports why)."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > PROTOBUF_LIMIT:
+            return []
+        model = parse_model_bytes(path.read_bytes(), str(path))
+    except (OSError, InputError):
+        return []
+    files = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            if location and "\0" not in location:
+                files.add((path.parent / location).resolve())
+    return sorted(files)
+
+
 def parse_model_bytes(data: bytes, label: str = "model") -> onnx.ModelProto:
     """Parse serialized ModelProto bytes, refusing empty, non-ONNX or truncated data."""
     if not data:
