@@ -10,7 +10,9 @@ verification inputs. Two ways to choose the rank are compared:
 
 * `energy=e`: per layer, the smallest k keeping a fraction e of the squared singular values
   (adapts to each layer's spectrum);
-* `ratio=r`: plain truncation, the same fraction r of every layer's full rank.
+* `ratio=r`: plain truncation, the same fraction r of every layer's full rank;
+* `energy=e, min_saving=0.25`: energy, but only layers whose spectrum is steep enough to save
+  a quarter of their parameters are split.
 
 Quality: cosine between the original and compressed sentence embeddings (mean and worst
 over the sentences), and the Pearson correlation of the pairwise-similarity matrices
@@ -41,6 +43,7 @@ from graphopt.verify.runner import make_session
 OUT = ROOT / "benchmarks" / "results" / "lowrank.md"
 ENERGIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
+MIN_SAVING = 0.25  # with energy: split only layers that lose at least a quarter of their params
 SENTENCES = [
     "graphopt rewrites ONNX graphs for deployment targets.",
     "The quick brown fox jumps over the lazy dog.",
@@ -124,6 +127,8 @@ def main() -> int:
     linear_params = linear_layer_params(model)
     rows = [run_setting(model, feeds, ref, {"energy": e}, linear_params, target) for e in ENERGIES]
     rows += [run_setting(model, feeds, ref, {"ratio": r}, linear_params, target) for r in RATIOS]
+    rows += [run_setting(model, feeds, ref, {"energy": e, "min_saving": MIN_SAVING}, linear_params, target)
+             for e in (0.9, 0.95)]
     for row in rows:
         print(row, flush=True)
     write(rows, model, linear_params, len(SENTENCES), int(feeds["input_ids"].shape[1]))
