@@ -8,7 +8,7 @@ Random graphs: one input ([batch, C, H, W] or [batch, F], batch symbolic or fixe
 1-10 ops from a small vocabulary with random attributes (Conv k/group/bias, BN, pools,
 Gemm transB/bias, MatMul+Add, the LayerNorm and GELU patterns, transpose/reshape round
 trips, Add/Concat of two live tensors, Identity/Dropout) and sometimes a second output.
-Weights come from a drawn seed. Mutations of real models: bit flips, truncation, dropped
+Weights come from a drawn seed; 8% of graphs get one NaN/Inf weight. Mutations of real models: bit flips, truncation, dropped
 nodes/initializers, renamed tensors (consistent or one use), shuffled node order, changed
 attributes/dims/dtypes/opsets.
 
@@ -66,7 +66,8 @@ class DrawChooser:
         return self.data.draw(self.st.sampled_from(list(items)))
 
     def flag(self, p: float = 0.5) -> bool:
-        return self.data.draw(self.st.booleans())
+        # shrinks toward 0, i.e. False: the simpler graph
+        return self.data.draw(self.st.integers(0, 999)) >= round((1 - p) * 1000)
 
 
 # ------------------------------------------------------------------ random valid graphs
@@ -192,6 +193,13 @@ def random_graph(c) -> onnx.ModelProto:
         extra = c.pick(live[1:-1])
         if extra[0] != outputs[0][0]:
             outputs.append(extra)
+    if c.flag(0.08):  # NaN/Inf weights are accepted with a warning, so every pass must survive them
+        floats = [t for t in b.inits if t.data_type == T.FLOAT and t.dims]
+        if floats:
+            target = c.pick(floats)
+            values = numpy_helper.to_array(target).copy()
+            values.flat[c.int(0, values.size - 1)] = c.pick((np.nan, np.inf, -np.inf))
+            target.CopyFrom(numpy_helper.from_array(values, target.name))
     graph = helper.make_graph(
         b.nodes, "fuzz", [helper.make_tensor_value_info("x", T.FLOAT, [batch, *shape])],
         [helper.make_tensor_value_info(n, T.FLOAT, [batch, *s]) for n, s in outputs], b.inits)
