@@ -431,6 +431,18 @@ def test_external_data_missing_file_or_location(tmp_path, capsys):
     _refused(tmp_path, capsys, src, "external data has no usable location")
 
 
+def test_external_data_total_limit(tmp_path, capsys, monkeypatch):
+    """Many tensors each under the per-tensor limit, all reading the same file, add up: refused."""
+    monkeypatch.setattr(ir_io, "MAX_EXTERNAL_BYTES", 100)
+    model = _external(_tiny(), "w", location="weights.bin", offset=0, length=64)
+    second = onnx.TensorProto()
+    second.CopyFrom(model.graph.initializer[0])
+    second.name = "w2"
+    model.graph.initializer.append(second)
+    (tmp_path / "weights.bin").write_bytes(bytes(64))
+    _refused(tmp_path, capsys, _write(tmp_path / "twice.onnx", model), "external data totals 0.0 GiB, over the 0 GiB limit")
+
+
 def test_external_data_huge_declaration_refused_before_reading(tmp_path, capsys):
     model = _external(_tiny(), "w", location="weights.bin")
     model.graph.initializer[0].dims[:] = [1 << 20, 1 << 20]

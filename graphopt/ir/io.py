@@ -28,6 +28,7 @@ from graphopt.ir.tensorsize import check_declared_size, check_tensor_storage, de
 
 PROTOBUF_LIMIT = 2**31 - 1
 SUPPORTED_IR_VERSIONS = range(3, 12)
+MAX_EXTERNAL_BYTES = 64 << 30  # all external data of one model
 SAVE_EXTERNAL_ABOVE = PROTOBUF_LIMIT  # serialized size above which save_model writes <name>.data
 
 
@@ -51,8 +52,8 @@ def load_model(path, load_external_data: bool = True) -> onnx.ModelProto:
         _check_external_locations(model, path.parent)
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as err:
-            raise InputError(f"{path}: cannot load external data ({err})") from err
+        except (OSError, ValueError, onnx.checker.ValidationError) as err:
+            raise InputError(f"{path}: cannot load external data ({str(err).strip().splitlines()[0]})") from err
     return model
 
 
@@ -107,12 +108,18 @@ def _has_external_data(model: onnx.ModelProto) -> bool:
 
 def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
     base = base.resolve()
+    total = 0
     for tensor in onnx.external_data_helper._get_all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            _check_external_tensor(tensor, base)
+            total += _check_external_tensor(tensor, base)
+    # many tensors may each pass the per-tensor limit yet point at the same huge file
+    if total > MAX_EXTERNAL_BYTES:
+        raise InputError(f"external data totals {total / 2**30:.1f} GiB, over the "
+                         f"{MAX_EXTERNAL_BYTES / 2**30:.0f} GiB limit")
 
 
-def _check_external_tensor(tensor: onnx.TensorProto, base: Path) -> None:
+def _check_external_tensor(tensor: onnx.TensorProto, base: Path) -> int:
+    """Refuse an unsafe or inconsistent external reference; return the bytes it would read."""
     label = f"tensor {tensor.name!r}"
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
@@ -139,6 +146,7 @@ def _check_external_tensor(tensor: onnx.TensorProto, base: Path) -> None:
     if expected is not None and length != expected:
         raise InputError(f"{label}: external data length {length} bytes does not match shape "
                          f"{list(tensor.dims)} ({expected} bytes)")
+    return length
 
 
 def _external_int(info: dict, key: str, default: int, label: str) -> int:
