@@ -158,6 +158,12 @@ def render(result: dict) -> str:
         lines += ["", "First message of each group:", ""]
         for key, f in result["findings"].items():
             lines.append(f"- case {f['case']}: {f['message'].replace(chr(10), ' ')}")
+    lines += ["", "## Not covered", "",
+              "- Resource exhaustion by valid-but-huge work: attribute mutations are bounded (|value| <= 64); "
+              "a Conv pad of 2**20 makes a legal model whose verification runs for minutes (no per-run "
+              "time limit in graphopt.verify yet). The run sets an address-space limit (--memory-gb, 4) so "
+              "such a case fails instead of swapping the machine.",
+              "- Cases run in one process; a crash inside onnxruntime's C++ would end the run (none seen)."]
     return "\n".join(lines) + "\n"
 
 
