@@ -808,3 +808,29 @@ def test_lowrank_skips_nan_weights():
                    [numpy_helper.from_array(weight, "w")])
     result = graphopt.optimize(model, passes="lowrank{energy=0.99,min_size=0}")
     assert not result.report["passes"][0]["changed"]
+
+
+class _Payload:
+    """Unpickling this calls Path.touch(marker): stands in for any code an attacker would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.xfail(strict=False, reason="SECURITY: the sklearn importer unpickles .pkl/.joblib inputs, so "
+                                       "`graphopt optimize evil.pkl` runs the file's code; needs an explicit "
+                                       "opt-in (e.g. --allow-pickle) before any unpickling")
+def test_pickle_source_does_not_run_code_without_opt_in(tmp_path, capsys):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "model.pkl"
+    evil.write_bytes(pickle.dumps(_Payload(marker)))
+    code = main(["optimize", str(evil), "-o", str(tmp_path / "out.onnx"), "--passes", "cleanup"])
+    assert not marker.exists(), "unpickling the input executed its code"
+    assert code == 1
