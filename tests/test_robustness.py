@@ -141,6 +141,13 @@ def test_ir_version_outside_range(tmp_path, capsys, ir_version, message):
     _refused(tmp_path, capsys, src, message)
 
 
+def test_newest_ir_and_opset_accepted(tmp_path, capsys):
+    """A model written by the installed onnx with its defaults (IR onnx.IR_VERSION) is accepted."""
+    src = _write(tmp_path / "new.onnx", _tiny(opset=onnx.defs.onnx_opset_version(), ir_version=onnx.IR_VERSION))
+    assert main(["optimize", str(src), "-o", str(tmp_path / "out.onnx"), "--passes", "cleanup,fuse", "--quiet"]) == 0, \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("opset,message", [(99, "default opset 99 outside"), (3, "default opset 3 outside")])
 def test_opset_outside_range(tmp_path, capsys, opset, message):
     src = _write(tmp_path / "opset.onnx", _tiny(opset=opset))

@@ -27,7 +27,9 @@ from graphopt.errors import InputError
 from graphopt.ir.tensorsize import check_declared_size, check_tensor_storage, declared_bytes
 
 PROTOBUF_LIMIT = 2**31 - 1
-SUPPORTED_IR_VERSIONS = range(3, 12)
+# IR 3 is the first with opset imports; the newest is what the installed onnx writes
+# (helper.make_model's default), which onnxruntime also loads - refusing it refused fresh models
+SUPPORTED_IR_VERSIONS = range(3, onnx.IR_VERSION + 1)
 MAX_EXTERNAL_BYTES = 64 << 30  # all external data of one model
 SAVE_EXTERNAL_ABOVE = PROTOBUF_LIMIT  # serialized size above which save_model writes <name>.data
 
