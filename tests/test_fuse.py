@@ -180,6 +180,18 @@ def test_skip_sites_and_exclude_are_honoured():
     _unchanged(before, result)
 
 
+@pytest.mark.parametrize("op", ["Mul", "Add", "Sub", "Div"])
+def test_bn_then_per_channel_constant_folded_into_bn(op):
+    bn, bn_inits = _bn("/bn", "x", "b", 4)
+    nodes = [bn, helper.make_node("Unsqueeze", ["k", "ax"], ["ku"], name="/unsq"),
+             helper.make_node(op, ["b", "ku"], ["y"], name="/arith")]
+    inits = bn_inits + [_init("k", RNG.uniform(0.5, 2, 4).astype(np.float32)), _init("ax", np.array([1, 2], np.int64))]
+    model = _model(nodes, [_vi("x", [1, 4, 3, 3])], [_vi("y", None)], inits)
+    before, result = _fuse(model)
+    assert _ops(result.model) == {"BatchNormalization": 1}
+    _assert_same(before, result.model, {"x": (1, 4, 3, 3)})
+
+
 # ---------------------------------------------------------------- affine folding
 @pytest.mark.parametrize("op,shape", [("Mul", (1, 4, 1, 1)), ("Mul", ()), ("Add", (4, 1, 1)), ("Sub", (1, 4, 1, 1)),
                                       ("Div", (4, 1, 1))])

@@ -14,6 +14,9 @@ within each group (W is [C_in, C_out/g, k...], output channel o = group * C_out/
 Gemm axis 1 of B (axis 0 with transB), with C' = s * beta * C + t and beta set to 1;
 MatMul with a constant 2-D weight and a 2-D output becomes Gemm(A, s W, t).
 
+A per-channel constant after BN folds into BN itself: BN(y)*c has gamma*c, beta*c;
+BN(y)+c has beta+c.
+
 Before a Conv (BN output read only by the Conv), with input channel c of group gi:
 
     Conv(s x + t) = Conv_{W'}(x) + b''    W'[o, ci, k] = W[o, ci, k] * s[c]
@@ -212,7 +215,59 @@ def rewrite_bn_conv(g: FusionGraph, m: Match) -> None:
     g.remove(bn)
 
 
+# ---------------------------------------------------------------- BN -> per-channel Mul/Add
+def match_bn_affine(g: FusionGraph, node) -> Match | None:
+    if len(node.input) != 2:
+        return None
+    for i in ((0, 1) if node.op_type in ("Mul", "Add") else (0,)):
+        bn = g.producer(node.input[i], "BatchNormalization")
+        if bn is not None and g.is_const(node.input[1 - i]):
+            return Match([node, bn], {"const": node.input[1 - i]})
+    return None
+
+
+def check_bn_affine(g: FusionGraph, m: Match) -> str | None:
+    """BN followed by y*c or y+c (c per channel) is a BN with gamma*c, beta*c or beta+c."""
+    node, bn = m.nodes
+    where = f"{node.op_type} {node.name!r} not folded into BN {bn.name!r}"
+    reason = bn_reason(g, bn)
+    if reason is None and not g.private(bn.output[0]):
+        reason = "BN output has other readers"
+    rank = g.rank(bn.input[0])
+    c = g.value(m["const"])
+    if reason is None and (rank is None or c.ndim > rank):
+        reason = "rank unknown or the constant would grow the output"
+    if reason is None:
+        from graphopt.fusion.affine import channel_vector
+        vec = channel_vector(c, rank, rank - 1, g.value(bn.input[1]).size)
+        if vec is None:
+            reason = f"constant {c.shape} is not per channel"
+        elif node.op_type == "Div" and np.any(vec == 0):
+            reason = "division by zero"
+        m.data["vec"] = vec
+    return f"{where}: {reason}" if reason else None
+
+
+def rewrite_bn_affine(g: FusionGraph, m: Match) -> None:
+    node, bn = m.nodes
+    vec = m["vec"]
+    gamma, beta = g.value(bn.input[1]), g.value(bn.input[2])
+    g64, b64 = gamma.astype(np.float64).reshape(-1), beta.astype(np.float64).reshape(-1)
+    if node.op_type in ("Mul", "Div"):
+        k = vec if node.op_type == "Mul" else 1.0 / vec
+        g64, b64 = g64 * k, b64 * k
+    else:
+        b64 = b64 + (vec if node.op_type == "Add" else -vec)
+    base = bn.name or bn.output[0]
+    bn.input[1] = g.add_constant(g64.astype(gamma.dtype), f"{base}_scale", before=bn)
+    bn.input[2] = g.add_constant(b64.astype(beta.dtype), f"{base}_bias", before=bn)
+    bn.output[0] = node.output[0]
+    g.remove(node)
+
+
 RULES = [
+    Rule("bn_affine_folded", ("Mul", "Add", "Sub", "Div"), match_bn_affine, check_bn_affine, rewrite_bn_affine,
+         "per-channel constant Mul/Add/Sub/Div after BatchNormalization folded into its scale and bias"),
     Rule("bn_folded", ("BatchNormalization",), match_linear_bn, check_linear_bn, rewrite_linear_bn,
          "BatchNormalization after Conv/ConvTranspose/Gemm/MatMul folded into its weights"),
     Rule("bn_before_conv_folded", ("Conv",), match_bn_conv, check_bn_conv, rewrite_bn_conv,

@@ -88,10 +88,31 @@ class FusionGraph:
     # ------------------------------------------------------------------ queries
     def value(self, name: str) -> np.ndarray | None:
         """Compile-time value of `name`, or None (empty name: None)."""
-        return self.const.get(name) if name else None
+        if not name:
+            return None
+        value = self.const.get(name)
+        return value if value is not None else self._unsqueezed(name)
+
+    def _unsqueezed(self, name: str) -> np.ndarray | None:
+        """Unsqueeze of a small constant (exporters wrap per-channel scales that way)."""
+        node = self.producer(name, "Unsqueeze")
+        if node is None or not self.const.may_be_constant(node.input[0]):
+            return None
+        data = self.const.get(node.input[0])
+        axes = attr(node, "axes")
+        if axes is None and len(node.input) > 1:
+            axes = self.const.get(node.input[1])
+        if data is None or axes is None or data.size > 1 << 16:
+            return None
+        rank = data.ndim + len(np.asarray(axes).reshape(-1))
+        return np.expand_dims(data, tuple(sorted(int(a) % rank for a in np.asarray(axes).reshape(-1))))
 
     def is_const(self, name: str) -> bool:
-        return bool(name) and self.const.may_be_constant(name) and self.const.get(name) is not None
+        if not name:
+            return False
+        if self.const.may_be_constant(name) and self.const.get(name) is not None:
+            return True
+        return self._unsqueezed(name) is not None
 
     def shape(self, name: str) -> tuple | None:
         """Static shape (None for unknown dims) when known, else None."""
