@@ -179,7 +179,7 @@ def _op_2d(b: _Builder, t, shape, live):
 
 def random_graph(c) -> onnx.ModelProto:
     """A valid, runnable float model from a small op vocabulary with random shapes and attributes."""
-    opset = c.pick((13, 17))
+    opset = c.pick((13, 17, 21))
     b = _Builder(c, c.int(0, 2**31 - 1), opset)
     batch = c.pick(("N", 1, 2))
     shape = (c.int(1, 6), c.int(3, 8), c.int(3, 8)) if c.flag() else (c.int(1, 24),)
@@ -203,7 +203,8 @@ def random_graph(c) -> onnx.ModelProto:
     graph = helper.make_graph(
         b.nodes, "fuzz", [helper.make_tensor_value_info("x", T.FLOAT, [batch, *shape])],
         [helper.make_tensor_value_info(n, T.FLOAT, [batch, *s]) for n, s in outputs], b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    ir_version = c.pick((8, 10, onnx.IR_VERSION))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
     onnx.checker.check_model(model, full_check=True)  # a generator bug, not a finding
     return model
 
