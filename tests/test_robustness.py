@@ -110,6 +110,15 @@ def test_truncated_protobuf(tmp_path, capsys, digits_cnn_path, fraction):
     _refused(tmp_path, capsys, src, "")
 
 
+@pytest.mark.parametrize("where", ["domain", "name"])
+def test_non_utf8_strings_refused(tmp_path, capsys, where):
+    """proto2 does not validate UTF-8: a flipped bit in a name yields bytes, which crashed validation (exit 3)."""
+    model = _tiny()
+    setattr(model.graph.node[1], where, "zzzz")
+    data = model.SerializeToString().replace(b"zzzz", b"\xff\xfe\x80z")
+    _refused(tmp_path, capsys, _write(tmp_path / "utf.onnx", data), f"NodeProto.{where} is not UTF-8 text")
+
+
 def test_too_deeply_nested_protobuf(tmp_path, capsys):
     """Subgraphs nested beyond protobuf's recursion limit are refused at parse time, not by a crash."""
     node = onnx.NodeProto()

@@ -94,11 +94,38 @@ def parse_model_bytes(data: bytes, label: str = "model") -> onnx.ModelProto:
             f"{label}: IR version {model.ir_version} is outside the supported range "
             f"{SUPPORTED_IR_VERSIONS.start}-{SUPPORTED_IR_VERSIONS.stop - 1}"
         )
+    bad = _non_utf8_string(model)
+    if bad:
+        raise InputError(f"{label}: not a valid ONNX model ({bad} is not UTF-8 text; corrupt file?)")
     # every command (inspect, cost, diff ...) gets this: a tensor whose data disagrees with its
     # shape, or whose shape would need terabytes, is refused before anyone materializes it
     for tensor in onnx.external_data_helper._get_all_tensors(model):
         check_tensor_storage(tensor, f"{label}: tensor {tensor.name!r}")
     return model
+
+
+def _non_utf8_string(message) -> str | None:
+    """Name of the first string field holding bytes that are not UTF-8, else None.
+
+    ONNX is proto2, which does not validate UTF-8, so python-protobuf hands such a field
+    back as `bytes`; every name comparison downstream would then fail with a TypeError.
+    """
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            for item in value if _repeated(field) else (value,):
+                found = _non_utf8_string(item)
+                if found:
+                    return found
+        elif field.type == field.TYPE_STRING:
+            items = value if _repeated(field) else (value,)
+            if any(isinstance(item, bytes) for item in items):
+                return f"{message.DESCRIPTOR.name}.{field.name}"
+    return None
+
+
+def _repeated(field) -> bool:
+    # protobuf 6 has is_repeated; older releases only the label
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
 
 
 def _has_external_data(model: onnx.ModelProto) -> bool:
