@@ -239,6 +239,18 @@ def test_sum_of_two_is_add():
     _assert_same(before, result.model, {"a": (2, 3), "b": (2, 3)})
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_constant_chain_merged_only_when_inner_is_private(shared):
+    """Regression (fuzz case 284/1811): a shared inner Add must stay, and so must graph outputs."""
+    nodes = [helper.make_node("Add", ["x", "a"], ["t"], name="/a1"), helper.make_node("Add", ["t", "b"], ["y"], name="/a2")]
+    outputs = [_vi("y", None)] + ([_vi("t", None)] if shared else [])
+    inits = [_init("a", RNG.standard_normal(3).astype(np.float32)), _init("b", RNG.standard_normal(3).astype(np.float32))]
+    model = _model(nodes, [_vi("x", [2, 3])], outputs, inits)
+    before, result = _fuse(model)
+    assert _ops(result.model) == {"Add": 2 if shared else 1}
+    _assert_same(before, result.model, {"x": (2, 3)})
+
+
 # ---------------------------------------------------------------- layout and no-ops
 def test_transposes_cancel_and_merge():
     t1 = helper.make_node("Transpose", ["x"], ["t1"], perm=[0, 2, 3, 1], name="/t1")

@@ -196,15 +196,13 @@ def match_const_chain(g: FusionGraph, node) -> Match | None:
     if inner is None or len(inner.input) != 2:
         return None
     inner_split = _split_const(g, inner)
-    if inner_split is None:
-        return None
+    if inner_split is None or not g.private(inner.output[0]):
+        return None  # a shared inner result is the common case, not a near miss
     return Match([node, inner], {"outer": split[1], "inner": inner_split[1], "x": inner_split[0]})
 
 
 def check_const_chain(g: FusionGraph, m: Match) -> str | None:
     node, inner = m.nodes
-    if not g.private(inner.output[0]):
-        return None  # sharing the inner result is the common case, not a near miss
     if not (g.is_float(m["outer"]) and g.is_float(m["inner"])):
         return f"{node.op_type} chain at {node.name!r} not merged: constants are not float"
     combined = np.broadcast_shapes(g.value(m["outer"]).shape, g.value(m["inner"]).shape)
