@@ -47,12 +47,6 @@ def _real_models(full: bool) -> dict[str, bytes]:
 # Findings in passes owned by others, reported and not yet fixed: (kind, regex, reason).
 # Only an exact match is excused; anything else fails the test.
 KNOWN = [
-    ("exit3", r"pass 'fuse' .*produced an invalid model: Nodes in a graph must be topologically sorted",
-     "fuse bug: folding Add(Add(x, c1), c2) while the inner Add also feeds another node leaves the graph "
-     "unsorted (repro: Add(x,w1)->a2; Add(a2,w3)->a4 [graph output]; MatMul(a2,w15)->m)"),
-    ("exit3", r"pass 'fuse' .*produced an invalid model: Graph output '[^']*' is not an output of any node",
-     "fuse bug (affine rule): folding Add(Add(x, c1), c2) drops the inner Add although it is a graph output "
-     "(repro: Add(x,w1)->a [graph output]; Add(a,w2)->b [graph output])"),
     ("exit3", r"pass 'lowrank' .*LinAlgError: SVD did not converge",
      "lowrank bug: a NaN/Inf in a weight (or a Gemm alpha) reaches numpy's SVD, which raises LinAlgError; "
      "the site should be skipped with a reason (repro: Gemm with one NaN weight, lowrank{energy=0.99,min_size=0})"),
