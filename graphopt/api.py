@@ -85,17 +85,18 @@ def optimize(model, passes: str | None = None, *, pipeline=None, target: str | N
              calibration_data=None, inputs=None, verify: bool = True,
              thresholds: dict | Thresholds | None = None, seed: int = 0, dump_dir=None,
              skip_failing: bool = False, progress: bool = False,
-             input_shapes: str | None = None) -> OptimizeResult:
+             input_shapes: str | None = None, explain_layers: bool = False,
+             allow_pickle: bool = False) -> OptimizeResult:
     """Run a pipeline on `model` and verify the result against the original."""
     config, target_obj = resolve_pipeline(passes, pipeline, target)
-    imported = _import_if_needed(model, input_shapes)
+    imported = _import_if_needed(model, input_shapes, allow_pickle)
     original = imported.model if imported else as_model(model)
     warnings = validate_model(original)
     level = check_level(original)
-    _require_runnable(original)
+    require_runnable(original)
     calibration = as_feeds(calibration_data or config.calibration_data, original)
-    feeds = _verification_inputs(original, inputs, calibration, seed)
-    limits = _thresholds(thresholds, config.verify)
+    feeds = verification_inputs(original, inputs, calibration, seed)
+    limits = resolve_thresholds(thresholds, config.verify)
     ctx = PassContext(target=target_obj, calibration_data=calibration, verification_inputs=feeds,
                       seed=seed, progress=progress)
     instruments = [WellFormed(set(getattr(target_obj, "contrib_domains", [])), level)]
@@ -126,10 +127,15 @@ def optimize(model, passes: str | None = None, *, pipeline=None, target: str | N
                                                lossless=_all_lossless(report))
     else:
         report["verification"] = {"passed": True, "skipped": "--no-verify"}
+    from graphopt.debug import explain, layer_stats
+
+    report["layers"] = layer_stats(result_model)
+    if explain_layers and verify:
+        report["explain"] = explain(original, result_model, inputs=feeds, tensor_map=report)
     return OptimizeResult(result_model, report, original)
 
 
-def _require_runnable(model: onnx.ModelProto) -> None:
+def require_runnable(model: onnx.ModelProto) -> None:
     """Passes are verified with onnxruntime, so the input must load there."""
     from graphopt.verify import make_session
 
@@ -140,7 +146,7 @@ def _require_runnable(model: onnx.ModelProto) -> None:
         raise InputError(f"onnxruntime cannot load the input model: {first}") from err
 
 
-def _import_if_needed(model, input_shapes=None):
+def _import_if_needed(model, input_shapes=None, allow_pickle=False):
     """Framework sources (.pt2, TorchScript, sklearn, TF, HF dirs) are imported first."""
     if isinstance(model, (str, Path)) and Path(model).exists() and not str(model).lower().endswith(".onnx"):
         from graphopt.importers import is_importable, import_source
@@ -148,11 +154,11 @@ def _import_if_needed(model, input_shapes=None):
 
         if not is_importable(model):
             raise unsupported(Path(model))
-        return import_source(model, input_shapes=input_shapes)
+        return import_source(model, input_shapes=input_shapes, allow_pickle=allow_pickle)
     return None
 
 
-def _verification_inputs(model, inputs, calibration, seed) -> list[dict]:
+def verification_inputs(model, inputs, calibration, seed) -> list[dict]:
     if inputs is not None:
         return as_feeds(inputs, model, DEFAULT_VERIFY_SAMPLES * 8)
     if calibration:
@@ -178,7 +184,7 @@ def synthesize_runnable_inputs(model: onnx.ModelProto, seed: int = 0, count: int
     raise InputError(f"the model does not run on synthesized inputs ({message}); pass --inputs FILE.npz")
 
 
-def _thresholds(given, from_file: dict) -> Thresholds:
+def resolve_thresholds(given, from_file: dict) -> Thresholds:
     if isinstance(given, Thresholds):
         return given
     merged = {**(from_file or {}), **(given or {})}
@@ -206,14 +212,14 @@ def verify(reference, candidate, inputs=None, min_cosine: float | None = 0.99,
     ref, cand = as_model(reference), as_model(candidate)
     for model in (ref, cand):
         validate_model(model)
-        _require_runnable(model)
-    _check_same_signature(ref, cand)
-    feeds = _verification_inputs(ref, inputs, None, seed)
+        require_runnable(model)
+    check_same_signature(ref, cand)
+    feeds = verification_inputs(ref, inputs, None, seed)
     limits = Thresholds.from_dict({"min_cosine": min_cosine, **thresholds})
     return verify_models(ref, cand, feeds, limits, lossless=lossless)
 
 
-def _check_same_signature(ref: onnx.ModelProto, cand: onnx.ModelProto) -> None:
+def check_same_signature(ref: onnx.ModelProto, cand: onnx.ModelProto) -> None:
     from graphopt.verify import graph_inputs
 
     ref_in = {i.name for i in graph_inputs(ref)}

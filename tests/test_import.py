@@ -258,7 +258,9 @@ def test_sklearn_pipeline_on_digits(tmp_path):
     path = tmp_path / "digits.joblib"
     joblib.dump(pipe, path)
     assert is_importable(path)
-    imported = import_source(path)
+    with pytest.raises(InputError, match="--allow-pickle"):
+        import_source(path)
+    imported = import_source(path, allow_pickle=True)
     assert imported.framework == "scikit-learn" and imported.exporter == "skl2onnx"
     model = imported.model
     assert [i.name for i in model.graph.input] == ["input"] and _dim(model.graph.input[0], 1) == 64
@@ -271,7 +273,7 @@ def test_sklearn_pipeline_on_digits(tmp_path):
     wrong = verify_import(imported, [{"input": test[:4, :10]}])  # neither side can run 10 features
     assert wrong["passed"] is False and "cannot run the verification inputs" in wrong["reason"]
     with pytest.raises(InputError, match="fitted on 64"):
-        import_source(path, input_shapes="input:1x10")
+        import_source(path, input_shapes="input:1x10", allow_pickle=True)
 
 
 def test_unsupported_and_missing_sources(tmp_path):

@@ -10,6 +10,8 @@ HELP = ("convert a PyTorch (.pt2, TorchScript .pt), scikit-learn (.pkl/.joblib),
 
 
 def configure(parser) -> None:
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow scikit-learn .pkl/.joblib sources (unpickling runs the file's code)")
     from graphopt.importers import DEFAULT_OPSET
 
     parser.add_argument("source", help="model file or directory")
@@ -39,7 +41,8 @@ def run(args) -> int:
     if detect(source) is None:
         raise unsupported(source)  # before any output check: the format error is the useful one
     check_output_path(args.output, [args.source], args.force)
-    imported = import_source(args.source, input_shapes=args.input_shapes, opset=args.opset)
+    imported = import_source(args.source, input_shapes=args.input_shapes, opset=args.opset,
+                             allow_pickle=args.allow_pickle)
     result = None
     if not args.no_verify:
         result = verify_import(imported, verification_feeds(imported, seed=args.seed))

@@ -14,6 +14,8 @@ HELP = "optimize a model for a target with a pass pipeline, verified against the
 def configure(parser) -> None:
     parser.add_argument("input", help="model: .onnx, or a framework file graphopt can import")
     parser.add_argument("-o", "--output", required=True, help="optimized .onnx to write")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow scikit-learn .pkl/.joblib sources (unpickling runs the file's code)")
     parser.add_argument("--input-shapes", help="for framework sources without shapes: name:1x3x224x224,...")
     parser.add_argument("--target", help="built-in target (cpu, gpu, npu, mcu) or a target TOML file")
     spec = parser.add_mutually_exclusive_group()
@@ -49,7 +51,8 @@ def run(args) -> int:
             args.input, passes=args.passes, pipeline=args.pipeline, target=args.target,
             calibration_data=args.calibration_data, inputs=args.inputs, verify=not args.no_verify,
             thresholds=thresholds_from(args), seed=args.seed, dump_dir=args.dump_dir,
-            skip_failing=args.skip_failing, progress=show_progress(), input_shapes=args.input_shapes)
+            skip_failing=args.skip_failing, progress=show_progress(), input_shapes=args.input_shapes, allow_pickle=args.allow_pickle,
+            explain_layers=any(p.lower().endswith((".html", ".htm")) for p in args.report))
     except (PassError, VerificationFailed) as err:
         if err.report:
             for path in args.report:

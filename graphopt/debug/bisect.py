@@ -38,9 +38,9 @@ def bisect(model, passes=None, inputs=None, thresholds=None, target=None, calibr
     """Run `passes` (inline spec, list of PassSpec, or a `pipeline` TOML file) one by one,
     verify each step against the original, and localize the first failure."""
     from graphopt.api import (
-        _require_runnable,
-        _thresholds,
-        _verification_inputs,
+        require_runnable,
+        resolve_thresholds,
+        verification_inputs,
         as_feeds,
         as_model,
         resolve_pipeline,
@@ -50,10 +50,10 @@ def bisect(model, passes=None, inputs=None, thresholds=None, target=None, calibr
     config, target_obj = resolve_pipeline(passes, pipeline, target)
     original = as_model(model)
     validate_model(original)
-    _require_runnable(original)
+    require_runnable(original)
     calibration = as_feeds(calibration_data or config.calibration_data, original)
-    feeds = _verification_inputs(original, inputs, calibration, seed)
-    limits = _thresholds(thresholds, config.verify)
+    feeds = verification_inputs(original, inputs, calibration, seed)
+    limits = resolve_thresholds(thresholds, config.verify)
     ctx = PassContext(target=target_obj, calibration_data=calibration, verification_inputs=feeds,
                       seed=seed, progress=progress)
     domains = set(getattr(target_obj, "contrib_domains", []))

@@ -44,11 +44,11 @@ def explain(reference, candidate, inputs=None, tensor_map=None, top: int = 10,
     `tensor_map`: candidate name -> reference name, or a report (dict / .json path) or a
     --dump-dir whose per-pass tensor maps are chained.
     """
-    from graphopt.api import _check_same_signature, _verification_inputs, as_model
+    from graphopt.api import check_same_signature, verification_inputs, as_model
 
     ref, cand = as_model(reference), as_model(candidate)
-    _check_same_signature(ref, cand)
-    feeds = _verification_inputs(ref, inputs, None, seed)
+    check_same_signature(ref, cand)
+    feeds = verification_inputs(ref, inputs, None, seed)
     pairs = correspondences(ref, cand, load_tensor_map(tensor_map, dump_step(candidate)))
     accumulators = _accumulate(ref, cand, feeds, pairs)
     layers = _layers(ref, cand, pairs, accumulators, noise_floor_db)

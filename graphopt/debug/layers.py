@@ -64,7 +64,11 @@ def _weight_zeros(name, view, made) -> tuple[str, np.ndarray | None]:
     if zp is None:
         return node.input[0], np.asarray(q) == 0
     zp = np.asarray(zp)
-    if zp.ndim == 1 and zp.size > 1:  # per-axis zero point: broadcast along the node's axis
+    block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+    if block and zp.ndim == np.ndim(q):  # block-wise zero point: repeat it over each block
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % zp.ndim
+        zp = np.repeat(zp, block, axis=axis)[tuple(slice(0, d) for d in np.shape(q))]
+    elif zp.ndim == 1 and zp.size > 1:  # per-axis zero point: broadcast along the node's axis
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
         shape = [1] * q.ndim
         shape[axis] = zp.size

@@ -52,11 +52,7 @@ class FusionGraph:
     def refresh(self) -> None:
         self.prod = producers(self.graph)
         self.cons = consumers(self.graph)
-        self.const = ConstantView(self.graph)
-        if self.ir_version < 4:
-            # IR < 4 has to list every initializer as a graph input: there it is the only way
-            # to store a weight, not an invitation to override it, so it counts as constant.
-            self.const._graph_inputs = set()
+        self.const = ConstantView(self.graph, initializer_inputs_constant=self.ir_version < 4)
         self.outputs = graph_output_names(self.graph)
         self.inputs = {i.name for i in self.graph.input}
         self.alive = {id(n) for n in self.graph.node}

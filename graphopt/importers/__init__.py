@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_OPSET", "SUPPORTED_TEXT", "ImportedModel", "detect", "import
 
 
 def import_source(path, example_inputs=None, input_shapes=None, input_names=None, output_names=None,
-                  opset: int = DEFAULT_OPSET) -> ImportedModel:
+                  opset: int = DEFAULT_OPSET, allow_pickle: bool = False) -> ImportedModel:
     """Convert the model at `path` to ONNX.
 
     example_inputs: tensors/arrays to trace with (PyTorch sources; default: the program's
@@ -49,6 +49,11 @@ def import_source(path, example_inputs=None, input_shapes=None, input_names=None
 
         return import_torchscript(path, input_shapes, opset, output_names, example_inputs)
     if kind == "sklearn":
+        if not allow_pickle:
+            from graphopt.errors import InputError
+
+            raise InputError(f"{path}: loading a pickle runs code stored in the file; "
+                             "pass --allow-pickle (allow_pickle=True) only for files you trust")
         from graphopt.importers.sklearn_import import import_sklearn
 
         return import_sklearn(path, input_shapes, opset)

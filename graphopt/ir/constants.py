@@ -15,13 +15,15 @@ from onnx import numpy_helper
 class ConstantView:
     """Name -> numpy value for every tensor of `graph` known at compile time."""
 
-    def __init__(self, graph: onnx.GraphProto):
+    def __init__(self, graph: onnx.GraphProto, initializer_inputs_constant: bool = False):
         self._initializers = {t.name: t for t in graph.initializer}
         self._producers = {}
         for node in graph.node:
             for out in node.output:
                 self._producers[out] = node
-        self._graph_inputs = {i.name for i in graph.input}
+        # An initializer that is also a graph input may be overridden at run time, except in
+        # IR < 4 models, which must list every weight as an input.
+        self._graph_inputs = set() if initializer_inputs_constant else {i.name for i in graph.input}
         self._cache: dict[str, np.ndarray] = {}
 
     def may_be_constant(self, name: str) -> bool:

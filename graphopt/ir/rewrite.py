@@ -65,7 +65,7 @@ def remove_dead_nodes(graph: onnx.GraphProto) -> int:
     """Drop nodes (and initializers) that no graph output depends on; returns nodes removed."""
     live = graph_output_names(graph)
     keep = []
-    for node in reversed(graph.node):
+    for node in reversed(topological_order(graph) or list(graph.node)):
         if any(o in live for o in node.output if o):
             keep.append(node)
             live.update(n for n in node.input if n)

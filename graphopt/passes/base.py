@@ -79,12 +79,14 @@ class Pass:
         return dataclasses.asdict(self.options)
 
 
-def option(default: Any, doc: str, choices: tuple | None = None) -> Any:
-    """A typed pass option with its one-line doc (and allowed values)."""
+def option(default: Any, doc: str, choices: tuple | None = None, low: float | None = None,
+           high: float | None = None, regex: bool = False) -> Any:
+    """A typed pass option with its one-line doc, allowed values or range [low, high],
+    and whether its items are regular expressions (checked when parsed)."""
+    metadata = {"doc": doc, "choices": choices, "low": low, "high": high, "regex": regex}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default),
-                     metadata={"doc": doc, "choices": choices})
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def parse_options(options_cls: type, given: dict[str, Any], pass_name: str) -> Any:
@@ -98,11 +100,29 @@ def parse_options(options_cls: type, given: dict[str, Any], pass_name: str) -> A
             known = ", ".join(sorted(fields)) or "none"
             raise InputError(f"pass {pass_name!r} has no option {key!r} (options: {known})")
         value = coerce(raw, hints[key], f"{pass_name}.{key}")
-        choices = fields[key].metadata.get("choices")
-        if choices and value not in choices:
-            raise InputError(f"{pass_name}.{key}={value!r}: expected one of {', '.join(map(str, choices))}")
+        _check_value(value, fields[key].metadata, f"{pass_name}.{key}")
         values[key] = value
-    return options_cls(**values)
+    try:
+        return options_cls(**values)
+    except (ValueError, TypeError) as err:  # cross-option checks in __post_init__
+        raise InputError(f"pass {pass_name!r}: {err}") from err
+
+
+def _check_value(value: Any, meta: dict, label: str) -> None:
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise InputError(f"{label}={value!r}: expected one of {', '.join(map(str, choices))}")
+    low, high = meta.get("low"), meta.get("high")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+            raise InputError(f"{label}={value!r}: expected a value in {bounds}")
+    if meta.get("regex"):
+        for pattern in value or []:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise InputError(f"{label}: bad regular expression {pattern!r} ({err})") from err
 
 
 def coerce(raw: Any, hint: Any, label: str) -> Any:

@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from graphopt.ir import ConstantView, constant_node_value, infer_shapes
+from graphopt.ir.graph import conform_to_ir_version
 from graphopt.ir.rewrite import (consumers, graph_output_names, producers, remove_dead_nodes,
                                  rename_input_uses)
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass
@@ -46,7 +47,7 @@ class Cleanup(Pass):
     class Options:
         fold_constants: bool = option(True, "evaluate nodes whose inputs are all constants")
         max_fold_growth: int = option(FOLD_GROWTH_BYTES,
-                                      "bytes a folded constant may exceed the constants it replaces by")
+                                      "bytes a folded constant may exceed the constants it replaces by", low=0)
         infer_shapes: bool = option(True, "run ONNX shape inference and keep the inferred value_info")
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
@@ -66,6 +67,7 @@ class Cleanup(Pass):
             stats["dead_nodes_removed"] += remove_dead_nodes(model.graph)
             if stats["constants_folded"] + stats["shapes_folded"] + stats["identities_removed"] == round_changes:
                 break
+        conform_to_ir_version(model)
         changed = model.SerializeToString(deterministic=True) != before
         stats["nodes_removed"] = nodes_before - len(model.graph.node)
         return PassResult(model, changed, stats, sorted(set(notes)))

@@ -49,7 +49,7 @@ class Fuse(Pass):
         rules: list[str] = option(list(FAMILIES), f"rule families to run ({', '.join(FAMILIES)})")
         upgrade_opset: bool = option(False, "allow raising the default-domain opset (to 17 for "
                                             "LayerNormalization, 20 for Gelu) when a pattern needs it")
-        exclude: list[str] = option([], "node names or regular expressions whose nodes are left alone")
+        exclude: list[str] = option([], "node names or regular expressions whose nodes are left alone", regex=True)
         subgraphs: bool = option(True, "also fuse inside If/Loop/Scan bodies")
 
     def _fuse(self, model, rules, ctx, opset, allow_upgrade):
@@ -85,6 +85,12 @@ class Fuse(Pass):
             walk.stats["opset_upgraded_to"] = opset
         if not walk.stats:  # nothing fused: hand back the input as it was (no refreshed value_info)
             model = original
+        elif (problem := _structural_problem(model)) is not None:
+            # A rewrite broke the graph (a fuse bug): pass the input through untouched and say so.
+            log.warning("fuse: rewrites undone, they left an invalid graph: %s", problem)
+            walk.notes.append(f"all rewrites undone: they left an invalid graph ({problem})")
+            walk.stats, walk.sites = Counter(), []
+            model = onnx.ModelProto.FromString(before)
         changed = model.SerializeToString(deterministic=True) != before
         log.info("fuse: %s", dict(walk.stats) or "nothing fused")
         notes = sorted(set(walk.notes))[:MAX_NOTES]
@@ -188,6 +194,15 @@ def _conform_ir3(graph: onnx.GraphProto) -> None:
     for tensor in graph.initializer:
         if tensor.name not in listed:
             graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+
+
+def _structural_problem(model: onnx.ModelProto) -> str | None:
+    """First line of the basic checker's complaint (ordering, names), or None."""
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as err:  # the checker raises several exception types
+        return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return None
 
 
 def _upgrade_if_useful(model, rules, ctx, options, notes):

@@ -64,10 +64,10 @@ class LowRank(Pass):
 
     @dataclass
     class Options:
-        rank: int = option(0, "keep this many singular values per layer (0 = unset)")
+        rank: int = option(0, "keep this many singular values per layer (0 = unset)", low=0)
         energy: float = option(0.0, "keep the smallest rank holding this fraction of squared singular values "
-                               "(0 = unset)")
-        ratio: float = option(0.0, "keep this fraction of each layer's full rank (0 = unset)")
+                               "(0 = unset)", low=0.0, high=1.0)
+        ratio: float = option(0.0, "keep this fraction of each layer's full rank (0 = unset)", low=0.0, high=1.0)
         min_size: int = option(4096, "skip weights with fewer elements than this")
         exclude: list[str] = option([], "node or weight names (glob patterns) to leave alone")
         conv1x1: bool = option(False, "also split 1x1 Conv layers with group=1")
@@ -150,6 +150,8 @@ class LowRank(Pass):
     def _plan(self, site: Site, acts, latency, notes) -> LayerSplit | str:
         """Choose k and check that the split pays; a reason string when it does not."""
         kdim, ndim = site.w_eff.shape
+        if not np.isfinite(site.w_eff).all():
+            return "weight (or alpha) has NaN/Inf values; SVD undefined"
         # Singular values alone are ~3x cheaper than the full SVD: decide first, factor after.
         s = np.linalg.svd(site.w_eff, compute_uv=False)
         if s[0] == 0:

@@ -37,14 +37,14 @@ class PruneChannels(Pass):
 
     @dataclass
     class Options:
-        ratio: float = option(0.3, "fraction of each group's channels (units) to remove")
+        ratio: float = option(0.3, "fraction of each group's channels (units) to remove", low=0.0, high=1.0)
         criterion: str = option("l1", "importance: l1 / l2 weight group norm, or mean |activation|",
                                 ("l1", "l2", "activation"))
         scope: str = option("uniform", "ratio per group, or one global ranking over groups",
                             ("uniform", "global"))
-        round_to: int = option(1, "keep channel counts a multiple of this (hardware vector width)")
-        min_channels: int = option(1, "never keep fewer channels in a group")
-        exclude: list[str] = option([], "node names or regexes whose groups are left alone")
+        round_to: int = option(1, "keep channel counts a multiple of this (hardware vector width)", low=1)
+        min_channels: int = option(1, "never keep fewer channels in a group", low=1)
+        exclude: list[str] = option([], "node names or regexes whose groups are left alone", regex=True)
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         if not 0.0 <= self.options.ratio < 1.0:

@@ -67,10 +67,14 @@ class Sparsity2to4(Pass):
     class Options:
         mode: str = option("prune", "prune: zero the smallest weights of each group; annotate: only record "
                            "weights that already follow the pattern", choices=("prune", "annotate"))
-        n: int = option(2, "non-zeros kept per group")
-        m: int = option(4, "group size along the reduction (input-channel) axis")
+        n: int = option(2, "non-zeros kept per group", low=1)
+        m: int = option(4, "group size along the reduction (input-channel) axis", low=1)
         exclude: list[str] = option([], "node or weight names (glob patterns) to leave dense")
         min_size: int = option(0, "skip weights with fewer elements than this")
+
+        def __post_init__(self):
+            if self.n > self.m:
+                raise ValueError(f"n={self.n} must not exceed m={self.m}")
 
     def is_lossless(self) -> bool:
         return self.options.mode == "annotate"
