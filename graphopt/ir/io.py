@@ -212,7 +212,7 @@ def _save_single_file(model: onnx.ModelProto, path: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(model.SerializeToString(deterministic=True))
-        _default_permissions(tmp)
+        set_default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
@@ -220,7 +220,7 @@ def _save_single_file(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def _default_permissions(path) -> None:
+def set_default_permissions(path) -> None:
     """mkstemp creates 0600; give the output the mode a plain open() would (0666 & ~umask)."""
     umask = os.umask(0)
     os.umask(umask)
@@ -238,7 +238,7 @@ def _save_with_external_data(model: onnx.ModelProto, path: Path, force: bool) ->
         onnx.save_model(copy, str(tmpdir / path.name), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
         for written in (tmpdir / data_name, tmpdir / path.name):
-            _default_permissions(written)
+            set_default_permissions(written)
         # data first: a reader of the new model file must always find its data
         os.replace(tmpdir / data_name, path.parent / data_name)
         os.replace(tmpdir / path.name, path)

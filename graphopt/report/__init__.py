@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from graphopt.errors import InputError
+from graphopt.ir.io import set_default_permissions
 from graphopt.report.markdown import render_markdown
 
 
@@ -53,5 +54,6 @@ def write_report(report: dict, path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
+    set_default_permissions(tmp)
     os.replace(tmp, path)
     return path
