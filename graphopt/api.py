@@ -88,17 +88,10 @@ def optimize(model, passes: str | None = None, *, pipeline=None, target: str | N
              input_shapes: str | None = None, explain_layers: bool = False,
              allow_pickle: bool = False) -> OptimizeResult:
     """Run a pipeline on `model` and verify the result against the original."""
-    config, target_obj = resolve_pipeline(passes, pipeline, target)
-    imported = _import_if_needed(model, input_shapes, allow_pickle)
-    original = imported.model if imported else as_model(model)
-    warnings = validate_model(original)
-    level = check_level(original)
-    require_runnable(original)
-    calibration = as_feeds(calibration_data or config.calibration_data, original)
-    feeds = verification_inputs(original, inputs, calibration, seed)
-    limits = resolve_thresholds(thresholds, config.verify)
-    ctx = PassContext(target=target_obj, calibration_data=calibration, verification_inputs=feeds,
-                      seed=seed, progress=progress)
+    run = prepare_run(model, passes, pipeline, target, calibration_data, inputs, thresholds, seed,
+                      progress, input_shapes, allow_pickle)
+    config, target_obj, imported, original = run.config, run.target, run.imported, run.original
+    feeds, limits, ctx, warnings, level = run.feeds, run.limits, run.ctx, run.warnings, run.check_level
     instruments = [WellFormed(set(getattr(target_obj, "contrib_domains", [])), level)]
     if verify:
         instruments.append(Numerics(feeds))
@@ -133,6 +126,39 @@ def optimize(model, passes: str | None = None, *, pipeline=None, target: str | N
     if explain_layers and verify:
         report["explain"] = explain(original, result_model, inputs=feeds, tensor_map=report)
     return OptimizeResult(result_model, report, original)
+
+
+@dataclass
+class RunSetup:
+    """Everything a pipeline run needs, resolved and validated once (optimize, bisect)."""
+
+    config: PipelineConfig
+    target: Any
+    original: onnx.ModelProto
+    imported: Any
+    warnings: list[str]
+    check_level: str
+    feeds: list[dict]
+    limits: Thresholds
+    ctx: PassContext
+
+
+def prepare_run(model, passes=None, pipeline=None, target=None, calibration_data=None, inputs=None,
+                thresholds=None, seed: int = 0, progress: bool = False, input_shapes=None,
+                allow_pickle: bool = False) -> RunSetup:
+    """Resolve the pipeline and target, import or load and validate the model, pick data."""
+    config, target_obj = resolve_pipeline(passes, pipeline, target)
+    imported = _import_if_needed(model, input_shapes, allow_pickle)
+    original = imported.model if imported else as_model(model)
+    warnings = validate_model(original)
+    level = check_level(original)
+    require_runnable(original)
+    calibration = as_feeds(calibration_data or config.calibration_data, original)
+    feeds = verification_inputs(original, inputs, calibration, seed)
+    limits = resolve_thresholds(thresholds, config.verify)
+    ctx = PassContext(target=target_obj, calibration_data=calibration, verification_inputs=feeds,
+                      seed=seed, progress=progress)
+    return RunSetup(config, target_obj, original, imported, warnings, level, feeds, limits, ctx)
 
 
 def require_runnable(model: onnx.ModelProto) -> None:

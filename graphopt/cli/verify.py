@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from graphopt.cli.common import add_threshold_arguments, thresholds_from
 

@@ -23,7 +23,6 @@ from graphopt.debug.tensors import count_samples
 from graphopt.errors import PassError
 from graphopt.instruments import Numerics, WellFormed
 from graphopt.ir import clone
-from graphopt.passes import PassContext
 from graphopt.pipeline import PassManager
 from graphopt.verify import compare_outputs, run_batches, summarize
 
@@ -37,27 +36,13 @@ def bisect(model, passes=None, inputs=None, thresholds=None, target=None, calibr
            progress: bool = False) -> dict:
     """Run `passes` (inline spec, list of PassSpec, or a `pipeline` TOML file) one by one,
     verify each step against the original, and localize the first failure."""
-    from graphopt.api import (
-        require_runnable,
-        resolve_thresholds,
-        verification_inputs,
-        as_feeds,
-        as_model,
-        resolve_pipeline,
-    )
-    from graphopt.ir.validate import check_level, validate_model
+    from graphopt.api import prepare_run
 
-    config, target_obj = resolve_pipeline(passes, pipeline, target)
-    original = as_model(model)
-    validate_model(original)
-    require_runnable(original)
-    calibration = as_feeds(calibration_data or config.calibration_data, original)
-    feeds = verification_inputs(original, inputs, calibration, seed)
-    limits = resolve_thresholds(thresholds, config.verify)
-    ctx = PassContext(target=target_obj, calibration_data=calibration, verification_inputs=feeds,
-                      seed=seed, progress=progress)
+    run = prepare_run(model, passes, pipeline, target, calibration_data, inputs, thresholds, seed, progress)
+    config, target_obj, original, feeds, limits, ctx = (run.config, run.target, run.original, run.feeds,
+                                                        run.limits, run.ctx)
     domains = set(getattr(target_obj, "contrib_domains", []))
-    stepper = _Stepper(original, feeds, limits, ctx, [WellFormed(domains, check_level(original)), Numerics(feeds)])
+    stepper = _Stepper(original, feeds, limits, ctx, [WellFormed(domains, run.check_level), Numerics(feeds)])
     result = {"pipeline": ",".join(str(s) for s in config.passes), "target": target_obj.name,
               "thresholds": limits.as_dict(), "samples": count_samples(feeds), "steps": [], "culprit": None}
     current, records = clone(original), []

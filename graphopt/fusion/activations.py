@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from graphopt.fusion.graph import FusionGraph, attr, scalar
 from graphopt.fusion.rule import Match, Rule

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt.fusion.batchnorm import _fold_after
-from graphopt.fusion.graph import FusionGraph, attr, scalar, set_attr
+from graphopt.fusion.graph import FusionGraph, attr, set_attr
 from graphopt.fusion.rule import Match, Rule
 from graphopt.ir.axes import weight_axes
 

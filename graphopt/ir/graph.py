@@ -48,7 +48,7 @@ def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
     return 0
 
 
-def constant_value(tensor) -> "np.ndarray | None":
+def constant_value(tensor):
     """Value of a graphsurgeon tensor when it is a Constant (initializer or Constant node)."""
     import numpy as np
 

@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import helper
+
 
 from graphopt.errors import InputError
 from graphopt.ir.rewrite import topological_order
