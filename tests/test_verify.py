@@ -78,3 +78,15 @@ def test_npz_checked_against_model(tmp_path):
     path.write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a readable .npz"):
         load_npz(path, _model())
+
+
+def test_runs_are_bounded_in_time(monkeypatch):
+    from graphopt.verify import runner
+
+    w = np.ones((1500, 1500), np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"])] + [
+        helper.make_node("MatMul", [f"{'a' * i}", "w"], ["a" * (i + 1)]) for i in range(1, 40)]
+    model = make_model(nodes, [tensor("x", [1500, 1500])], [tensor("a" * 40, [1500, 1500])], {"w": w})
+    monkeypatch.setattr(runner, "RUN_TIMEOUT_S", 0.05)
+    with pytest.raises(InputError, match="GRAPHOPT_RUN_TIMEOUT"):
+        runner.run_model(model, {"x": np.ones((1500, 1500), np.float32)})

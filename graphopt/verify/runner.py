@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 import numpy as np
 import onnx
@@ -11,6 +13,9 @@ import onnxruntime as ort
 from graphopt.ir.io import PROTOBUF_LIMIT, serialize
 
 log = logging.getLogger(__name__)
+
+# A valid but hostile model (a Conv padded by 2**20) can run for hours; bound every run.
+RUN_TIMEOUT_S = float(os.environ.get("GRAPHOPT_RUN_TIMEOUT", "600"))
 
 
 def make_session(model: onnx.ModelProto, threads: int = 0,
@@ -40,7 +45,21 @@ def run_model(model_or_session, feeds: dict[str, np.ndarray],
                else make_session(model_or_session))
     wanted = {i.name for i in session.get_inputs()}
     names = output_names or [o.name for o in session.get_outputs()]
-    values = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
+    options = ort.RunOptions()
+    timer = threading.Timer(RUN_TIMEOUT_S, setattr, (options, "terminate", True))
+    timer.daemon = True
+    timer.start()
+    try:
+        values = session.run(names, {k: v for k, v in feeds.items() if k in wanted}, options)
+    except Exception as err:
+        if options.terminate:
+            from graphopt.errors import InputError
+
+            raise InputError(f"onnxruntime run stopped after {RUN_TIMEOUT_S:g} s "
+                             "(set GRAPHOPT_RUN_TIMEOUT to allow longer runs)") from err
+        raise
+    finally:
+        timer.cancel()
     return dict(zip(names, values))
 
 
