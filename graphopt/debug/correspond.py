@@ -107,8 +107,10 @@ def _moved_name(name: str, cand_node: onnx.NodeProto, ref_made: dict) -> tuple[s
     ref_node = ref_made.get(name)
     if ref_node is None or ref_node.op_type not in ACTIVATIONS or cand_node.op_type == ref_node.op_type:
         return name, "name"
-    before = ref_made.get(ref_node.input[0]) if ref_node.input else None
-    if before is not None and before.op_type == cand_node.op_type:
+    # The candidate computes the activation's input under its name (the activation was
+    # absorbed, e.g. a Relu into uint8 ranges; the producer may also have absorbed a BN).
+    applies_activation = any(a.name == "activation" for a in cand_node.attribute)  # e.g. FusedConv
+    if ref_node.input and ref_node.input[0] in ref_made and not applies_activation:
         return ref_node.input[0], "activation-folded"
     return name, "name"
 

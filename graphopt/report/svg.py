@@ -26,6 +26,14 @@ def fmt(value) -> str:
     return f"{value:.4g}"
 
 
+def _tick_label(value: float, step: float) -> str:
+    """Enough decimals to tell neighbouring ticks apart (0.99990 vs 0.99995, not 1 vs 1)."""
+    if step > 0 and step < 1 and abs(value) < 1e5:
+        decimals = min(8, max(0, -math.floor(math.log10(step))) + (0 if step * 10 ** -math.floor(math.log10(step)) >= 1 else 1))
+        return f"{value:.{decimals}f}"
+    return fmt(value)
+
+
 def _frame(title: str, body: list[str], width: int = WIDTH, height: int = HEIGHT) -> str:
     head = (f'<svg class="chart" width="{width}" height="{height}" '
             'font-family="sans-serif" font-size="10" '
@@ -42,7 +50,7 @@ def _y_axis(lo: float, hi: float, step: float, top: float, height: float, label:
         value = lo + step * i
         y = top + height - height * i / ticks
         out.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{WIDTH - MARGIN["right"]}" y2="{y:.1f}" stroke="#e6e6e6"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(value)}</text>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_tick_label(value, step)}</text>')
     out.append(f'<text x="14" y="{top + height / 2:.1f}" transform="rotate(-90 14 {top + height / 2:.1f})" '
                f'text-anchor="middle">{escape(label)}</text>')
     return out
