@@ -266,7 +266,8 @@ def _drop_initializer(model, c):
 
 def _internal_names(model):
     outputs = {o.name for o in model.graph.output}
-    return sorted({o for n in model.graph.node for o in n.output if o and o not in outputs})
+    # a bit flip can leave a name that is not UTF-8 (protobuf then hands back bytes): sort by repr
+    return sorted({o for n in model.graph.node for o in n.output if o and o not in outputs}, key=repr)
 
 
 def _rename_consistent(model, c):
