@@ -33,7 +33,7 @@ from graphopt.targets.shapes import ShapeTable, resolve
 
 log = logging.getLogger(__name__)
 
-SPARSITY_KEY = "graphopt.sparsity"
+from graphopt.sparsity_check import SPARSITY_METADATA_KEY as SPARSITY_KEY  # noqa: E402 - one key for writer and reader
 PRODUCERS_THAT_FUSE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "FusedConv"}
 FUSABLE_EPILOGUE = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid",
                     "HardSwish", "BatchNormalization", "Add"}
