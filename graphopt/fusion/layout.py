@@ -52,9 +52,14 @@ def _perm(g: FusionGraph, node) -> list[int] | None:
     return None if rank is None else list(reversed(range(rank)))
 
 
-def match_transposes(g: FusionGraph, outer) -> Match | None:
-    inner = g.producer(outer.input[0], "Transpose")
-    return None if inner is None else Match([outer, inner])
+def match_pair(op_type: str):
+    """Matcher for `op_type` fed directly by another `op_type` (outer, inner): chains to merge."""
+
+    def match(g: FusionGraph, outer) -> Match | None:
+        inner = g.producer(outer.input[0], op_type)
+        return None if inner is None else Match([outer, inner])
+
+    return match
 
 
 def check_transposes(g: FusionGraph, m: Match) -> str | None:
@@ -111,11 +116,6 @@ def rewrite_reshapes(g: FusionGraph, m: Match) -> None:
                           outer.name or outer.output[0])
     g.insert_before(reshape, outer)
     g.remove(outer)
-
-
-def match_casts(g: FusionGraph, outer) -> Match | None:
-    inner = g.producer(outer.input[0], "Cast")
-    return None if inner is None else Match([outer, inner])
 
 
 def check_casts(g: FusionGraph, m: Match) -> str | None:
@@ -297,11 +297,6 @@ def _unsqueeze_axes(g: FusionGraph, node) -> list[int] | None:
     return None if axes is None else [int(a) for a in axes]
 
 
-def match_unsqueezes(g: FusionGraph, outer) -> Match | None:
-    inner = g.producer(outer.input[0], "Unsqueeze")
-    return None if inner is None else Match([outer, inner])
-
-
 def check_unsqueezes(g: FusionGraph, m: Match) -> str | None:
     """Outer axes B are final positions; the inner tensor's dim i lands on the i-th position not in B."""
     outer, inner = m.nodes
@@ -341,11 +336,6 @@ def _slice_parts(g: FusionGraph, node):
     return starts.astype(np.int64), ends.astype(np.int64), axes.astype(np.int64)
 
 
-def match_slices(g: FusionGraph, outer) -> Match | None:
-    inner = g.producer(outer.input[0], "Slice")
-    return None if inner is None else Match([outer, inner])
-
-
 def check_slices(g: FusionGraph, m: Match) -> str | None:
     """Unit-step slices on disjoint axes commute, so one Slice takes both sets of bounds."""
     outer, inner = m.nodes
@@ -371,9 +361,9 @@ def rewrite_slices(g: FusionGraph, m: Match) -> None:
 
 
 RULES = [
-    Rule("slices_merged", ("Slice",), match_slices, check_slices, rewrite_slices,
+    Rule("slices_merged", ("Slice",), match_pair("Slice"), check_slices, rewrite_slices,
          "Slice of a Slice on other axes merged into one"),
-    Rule("unsqueezes_merged", ("Unsqueeze",), match_unsqueezes, check_unsqueezes, rewrite_unsqueezes,
+    Rule("unsqueezes_merged", ("Unsqueeze",), match_pair("Unsqueeze"), check_unsqueezes, rewrite_unsqueezes,
          "Unsqueeze of an Unsqueeze merged into one"),
     Rule("dims_concat_simplified", ("Concat",), match_dims_concat, check_dims_concat, rewrite_dims_concat,
          "Concat of static dims to a constant, of all dims of x in order to Shape(x)"),
@@ -381,10 +371,10 @@ RULES = [
          "Gather of a static dim from Shape(x) folded to a constant"),
     Rule("reshape_target_simplified", ("Reshape",), match_reshape_target, check_reshape_target,
          rewrite_reshape_target, "Reshape target computed from Shape(x) replaced by a constant (0 = keep dim)"),
-    Rule("transposes_merged", ("Transpose",), match_transposes, check_transposes, rewrite_transposes,
+    Rule("transposes_merged", ("Transpose",), match_pair("Transpose"), check_transposes, rewrite_transposes,
          "consecutive Transposes merged, or removed when they cancel"),
     Rule("reshape_chain_collapsed", SHAPE_OPS, match_reshapes, check_reshapes, rewrite_reshapes,
          "Reshape/Flatten/Squeeze/Unsqueeze chains collapsed to one Reshape"),
-    Rule("casts_merged", ("Cast",), match_casts, check_casts, rewrite_casts,
+    Rule("casts_merged", ("Cast",), match_pair("Cast"), check_casts, rewrite_casts,
          "Cast chains through a lossless intermediate type merged"),
 ]
