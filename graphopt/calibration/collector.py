@@ -14,10 +14,11 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import EncodeError
 from onnx import TensorProto, helper
 
 from graphopt.calibration.histogram import TensorStats
-from graphopt.ir.io import PROTOBUF_LIMIT, serialize
+from graphopt.ir.io import serialize
 
 log = logging.getLogger(__name__)
 
@@ -29,28 +30,25 @@ def collect_statistics(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]
     stats = {name: TensorStats(bins) for name in tensors}
     if not tensors or not feeds:
         return stats
-    session = _session(_exposed(model, tensors), threads)
+    session = _session(model, tensors, threads)
     wanted = {i.name for i in session.get_inputs()}
     names = list(tensors)
     for feed in _bar(feeds, progress):
         values = session.run(names, {k: v for k, v in feed.items() if k in wanted})
-        for name, value in zip(names, values):
-            stats[name].update(value)
+        for k, name in enumerate(names):
+            stats[name].update(values[k])
+            values[k] = None  # each output is freed once counted, not at the end of the batch
     log.info("calibration: %d tensors over %d batches", len(names), len(feeds))
     return stats
 
 
-def _exposed(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    for name in tensors:
-        if name not in present:
-            exposed.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return exposed
+def _session(model: onnx.ModelProto, tensors: list[str], threads: int) -> ort.InferenceSession:
+    """A session whose outputs include `tensors`.
 
-
-def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    The outputs are appended to `model` only while it is serialized (and removed after),
+    so no copy of a possibly large model is made; the serialized bytes are dropped as
+    soon as onnxruntime has parsed them.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 4
     # Basic rewrites (constant folding, redundant node removal) speed calibration up and
@@ -58,13 +56,32 @@ def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
         options.intra_op_num_threads = threads
-    if model.ByteSize() >= PROTOBUF_LIMIT:
-        import tempfile
-        from pathlib import Path
-        path = Path(tempfile.mkdtemp()) / "calib.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=True, location="calib.data")
+    graph_outputs = model.graph.output
+    kept = len(graph_outputs)
+    present = {o.name for o in graph_outputs}
+    graph_outputs.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                         for name in tensors if name not in present)
+    try:
+        data = serialize(model)
+    except (ValueError, EncodeError):  # over protobuf's 2 GB: weights go to an external file
+        data = None
+        path = _external_copy(model)
+    finally:
+        del graph_outputs[kept:]
+    if data is None:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(serialize(model), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _external_copy(model: onnx.ModelProto):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "calib.onnx"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving with external data rewrites the initializers it is given
+    onnx.save_model(copy, str(path), save_as_external_data=True, location="calib.data")
+    return path
 
 
 def _bar(feeds, progress: bool):

@@ -31,7 +31,7 @@ def compute_range(stats: TensorStats, method: str, *, symmetric: bool, qmin: int
     lo, hi = min(stats.min, 0.0), max(stats.max, 0.0)
     if stats.count == 0 or not np.isfinite(lo) or not np.isfinite(hi):
         return 0.0, 0.0
-    if method == "minmax" or stats.pos is None or hi - lo == 0:
+    if method == "minmax" or stats.hist is None or hi - lo == 0:
         return lo, hi
     if method == "percentile":
         return _percentile(stats, percentile, symmetric, lo, hi)
@@ -46,10 +46,7 @@ def compute_range(stats: TensorStats, method: str, *, symmetric: bool, qmin: int
 
 def _signed(stats: TensorStats) -> tuple[np.ndarray, np.ndarray]:
     """Counts and left edges of the signed histogram over [-R, R)."""
-    w = stats.bin_width()
-    counts = np.concatenate([stats.neg[::-1], stats.pos])
-    edges = np.arange(-stats.bins, stats.bins) * w
-    return counts, edges
+    return stats.hist.astype(np.float64), np.arange(-stats.bins, stats.bins) * stats.bin_width()
 
 
 def _percentile(stats, p, symmetric, lo, hi):
