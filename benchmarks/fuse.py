@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from graphopt.passes import PassContext, create_pass  # noqa: E402
+from graphopt.targets import load_target  # noqa: E402
 from graphopt.api import synthesize_runnable_inputs  # noqa: E402
 from graphopt.verify.compare import allclose_relative  # noqa: E402
 from models import zoo  # noqa: E402
@@ -40,7 +41,9 @@ MAX_BYTES = 400 * 2**20  # a tool output bigger than this is not timed (it bloat
 
 
 def run_graphopt(model: onnx.ModelProto) -> onnx.ModelProto:
-    ctx = PassContext()
+    # target "cpu": onnxruntime's CPU EP, the runtime every latency here is measured in; it opts
+    # into the com.microsoft contrib ops (Attention, FusedConv), as onnxsim's output does.
+    ctx = PassContext(target=load_target("cpu"))
     for name in ("cleanup", "fuse"):
         model = create_pass(name).run(model, ctx).model
     return model

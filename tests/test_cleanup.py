@@ -32,6 +32,18 @@ def test_identity_dropout_and_dead_code_removed():
     assert_same_outputs(model, result.model, synthesize_inputs(model, 1)[0])
 
 
+@pytest.mark.parametrize("mask_read", [False, True])
+def test_dropout_with_a_mask_output_goes_only_when_the_mask_is_unread(mask_read):
+    nodes = [helper.make_node("Dropout", ["x"], ["d", "mask"]), helper.make_node("Relu", ["d"], ["y"])]
+    if mask_read:
+        nodes.append(helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT))
+    outputs = [tensor("y", [2, 3])] + ([tensor("m", [2, 3])] if mask_read else [])
+    model = make_model(nodes, [tensor("x", [2, 3])], outputs)
+    result = run_cleanup(model)
+    assert [n.op_type for n in result.model.graph.node] == (["Dropout", "Relu", "Cast"] if mask_read else ["Relu"])
+    assert_same_outputs(model, result.model, synthesize_inputs(model, 1)[0])
+
+
 def test_identity_feeding_graph_output_keeps_output_name():
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["y"])]
     model = make_model(nodes, [tensor("x", [4])], [tensor("y", [4])])

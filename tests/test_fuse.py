@@ -463,3 +463,87 @@ def test_digits_cnn_bn_count_goes_to_zero_outputs_equal():
     ref, got = run_model(before, feeds), run_model(result.model, feeds)
     for key, value in ref.items():
         assert allclose_relative([value], [got[key]])[0]
+
+
+# ---------------------------------------------------------------- gelu (tanh), softmax, constants
+def _gelu_tanh_model(cube_form, opset):
+    cube = ([helper.make_node("Pow", ["x", "three"], ["x3"], name="/pow")] if cube_form == "pow" else
+            [helper.make_node("Mul", ["x", "x"], ["x2"], name="/sq"), helper.make_node("Mul", ["x2", "x"], ["x3"], name="/cube")])
+    nodes = cube + [helper.make_node("Mul", ["x3", "c"], ["t"], name="/t"),
+                    helper.make_node("Add", ["x", "t"], ["inner"], name="/inner"),
+                    helper.make_node("Mul", ["inner", "k"], ["s"], name="/s"),
+                    helper.make_node("Tanh", ["s"], ["th"], name="/tanh"),
+                    helper.make_node("Add", ["th", "one"], ["a"], name="/add1"),
+                    helper.make_node("Mul", ["x", "a"], ["m"], name="/m1"),
+                    helper.make_node("Mul", ["m", "half"], ["y"], name="/m2")]
+    inits = [_init("three", np.array(3.0, np.float32)), _init("c", np.array(0.044715, np.float32)),
+             _init("k", np.array(np.sqrt(2 / np.pi), np.float32)), _init("one", np.array(1.0, np.float32)),
+             _init("half", np.array(0.5, np.float32))]
+    return _model(nodes, [_vi("x", [2, 16])], [_vi("y", None)], inits, opset=opset)
+
+
+@pytest.mark.parametrize("cube_form", ["pow", "mul"])
+def test_gelu_tanh_form_fused_with_approximate_tanh(cube_form):
+    before, result = _fuse(_gelu_tanh_model(cube_form, 20))
+    assert _ops(result.model) == {"Gelu": 1}
+    assert helper.get_attribute_value(result.model.graph.node[0].attribute[0]) == b"tanh"
+    _assert_same(before, result.model, {"x": (2, 16)})
+    before, result = _fuse(_gelu_tanh_model(cube_form, 17))
+    assert "Gelu" not in _ops(result.model)
+    assert any("opset 17 < 20" in n for n in result.notes)
+
+
+def test_gelu_below_opset20_uses_contrib_kernels_only_on_opted_in_targets():
+    target = SimpleNamespace(contrib_domains=("com.microsoft",), supports_op=lambda op, domain="": True)
+    before, result = _fuse(_gelu_tanh_model("pow", 17), PassContext(target=target))
+    assert _ops(result.model) == {"FastGelu": 1}
+    assert result.model.graph.node[0].domain == "com.microsoft"
+    _assert_same(before, result.model, {"x": (2, 16)})
+
+
+def _softmax_model(axis, shifted=True, opset=13, extra_reader=False):
+    axes = _init("axes", np.array([axis], np.int64))
+    reduce_max = (helper.make_node("ReduceMax", ["x"], ["mx"], axes=[axis], keepdims=1, name="/max") if opset < 18 else
+                  helper.make_node("ReduceMax", ["x", "axes"], ["mx"], keepdims=1, name="/max"))
+    nodes = ([reduce_max, helper.make_node("Sub", ["x", "mx"], ["d"], name="/sub")] if shifted else [])
+    nodes += [helper.make_node("Exp", ["d" if shifted else "x"], ["e"], name="/exp"),
+              (helper.make_node("ReduceSum", ["e"], ["s"], axes=[axis], keepdims=1, name="/sum") if opset < 13 else
+               helper.make_node("ReduceSum", ["e", "axes"], ["s"], keepdims=1, name="/sum")),
+              helper.make_node("Div", ["e", "s"], ["y"], name="/div")]
+    outputs = [_vi("y", None)] + ([_vi("e", None)] if extra_reader else [])
+    return _model(nodes, [_vi("x", [2, 3, 4])], outputs, [axes], opset=opset)
+
+
+@pytest.mark.parametrize("axis", [1, -1, 2])
+@pytest.mark.parametrize("shifted", [True, False])
+def test_softmax_form_fused(axis, shifted):
+    before, result = _fuse(_softmax_model(axis, shifted))
+    assert _ops(result.model) == {"Softmax": 1}
+    assert helper.get_attribute_value(result.model.graph.node[0].attribute[0]) == axis % 3
+    _assert_same(before, result.model, {"x": (2, 3, 4)})
+
+
+def test_softmax_form_not_fused_when_exp_is_read_elsewhere_or_axis_inner_before_opset13():
+    before, result = _fuse(_softmax_model(-1, extra_reader=True))
+    assert "Softmax" not in _ops(result.model)
+    before, result = _fuse(_softmax_model(1, opset=11))
+    assert "Softmax" not in _ops(result.model)
+    assert any("flattens" in n for n in result.notes)
+    before, result = _fuse(_softmax_model(2, opset=11))
+    assert _ops(result.model) == {"Softmax": 1}
+    _assert_same(before, result.model, {"x": (2, 3, 4)})
+
+
+def test_transpose_of_an_ir3_weight_input_is_folded():
+    w = RNG.standard_normal((3, 4)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0], name="/t"),
+             helper.make_node("MatMul", ["x", "wt"], ["y"], name="/mm")]
+    graph = helper.make_graph(nodes, "g", [_vi("x", [2, 4]), _vi("w", [3, 4])], [_vi("y", [2, 3])], [_init("w", w)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    before, result = _fuse(model)
+    assert _ops(result.model) == {"MatMul": 1}
+    weight = next(t for t in result.model.graph.initializer if t.name == result.model.graph.node[0].input[1])
+    np.testing.assert_array_equal(numpy_helper.to_array(weight), w.T)
+    assert {v.name for v in result.model.graph.input} == {"x", weight.name}  # IR 3: weights stay listed inputs
+    _assert_same(before, result.model, {"x": (2, 4)})

@@ -11,7 +11,8 @@ import importlib
 
 from graphopt.fusion.rule import Match, Rule
 
-FAMILIES = ("batchnorm", "affine", "layout", "noop", "cse", "normalization", "activations", "contrib")
+FAMILIES = ("batchnorm", "affine", "layout", "noop", "cse", "normalization", "activations", "attention",
+            "contrib")
 
 
 def family_rules(name: str) -> list[Rule]:

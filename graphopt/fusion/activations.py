@@ -10,6 +10,10 @@ Forms matched (Div by 6 and Mul by 1/6 alike; Clip bounds as attributes or input
     x * HardSigmoid(x; 1/6, 1/2)                -> HardSwish(x)
     Gelu erf forms: ((x * (1 + erf(x/√2))) * 0.5), (x * 0.5) * (1 + erf(x/√2)),
                     x * ((1 + erf(x/√2)) * 0.5)  (x/√2 also as x * 0.7071...)
+    Gelu tanh forms: the same tails around 1 + tanh(√(2/π) * (x + 0.044715 * x³)),
+                    x³ as Pow(x, 3) or x * x * x      -> Gelu(x, approximate="tanh")
+Below opset 20 (without upgrade_opset), targets that opt into com.microsoft get
+onnxruntime's contrib Gelu / FastGelu instead (float32 only).
 The rewritten forms agree to float32 round-off (1/6 and 1/√2 are not exact in float32).
 """
 
@@ -22,6 +26,7 @@ from graphopt.fusion.graph import FusionGraph, attr, scalar
 from graphopt.fusion.rule import Match, Rule
 
 SIXTH = 1.0 / 6.0
+CONTRIB = "com.microsoft"
 
 
 def _close(value: float | None, expected: float, rel: float = 1e-4) -> bool:
@@ -188,20 +193,74 @@ def _gelu_tail(g: FusionGraph, erf, scaled, add, x) -> Match | None:
     return None
 
 
-def check_gelu(g: FusionGraph, m: Match) -> str | None:
-    where = f"Gelu form at {m.anchor.name!r} not fused"
-    if not g.opset_allows(20):
-        return f"{where}: opset {g.opset} < 20 (upgrade_opset=true allows it)"
-    if not all(g.private(n.output[0]) for n in m.nodes[1:]):
-        return f"{where}: an intermediate has other readers"
-    if not g.supports("Gelu"):
-        return f"{where}: target lacks Gelu"
+# ---------------------------------------------------------------- Gelu (tanh form)
+def _cube_of(g: FusionGraph, name: str):
+    """(x, nodes) when `name` = Pow(x, 3), x * (x * x) or (x * x) * x."""
+    node = g.producer(name)
+    if node is None or len(node.input) != 2:
+        return None
+    if node.op_type == "Pow" and g.is_const(node.input[1]) and scalar(g.value(node.input[1])) == 3.0:
+        return node.input[0], [node]
+    if node.op_type != "Mul":
+        return None
+    for i in (0, 1):
+        square = g.producer(node.input[i], "Mul")
+        x = node.input[1 - i]
+        if square is not None and list(square.input) == [x, x]:
+            return x, [node, square]
     return None
 
 
+def match_gelu_tanh(g: FusionGraph, tanh) -> Match | None:
+    scaled = g.producer(tanh.input[0], "Mul")
+    split = None if scaled is None else _binary_const(g, scaled)
+    inner = g.producer(split[0], "Add") if split and _close(split[1], math.sqrt(2.0 / math.pi)) else None
+    if inner is None or len(inner.input) != 2:
+        return None
+    for i in (0, 1):
+        x, cubic = inner.input[i], g.producer(inner.input[1 - i], "Mul")
+        term = None if cubic is None else _binary_const(g, cubic)
+        cube = _cube_of(g, term[0]) if term and _close(term[1], 0.044715) else None
+        if cube is not None and cube[0] == x:
+            break
+    else:
+        return None
+    add = g.only_user(tanh.output[0])
+    if add is None or add.op_type != "Add" or not _close((_binary_const(g, add) or (None, None))[1], 1.0):
+        return None
+    m = _gelu_tail(g, tanh, scaled, add, x)
+    if m is None:
+        return None
+    m.nodes += [inner, cubic] + cube[1]
+    m.data["approximate"] = "tanh"
+    return m
+
+
+def check_gelu(g: FusionGraph, m: Match) -> str | None:
+    where = f"Gelu form at {m.anchor.name!r} not fused"
+    if not all(g.private(n.output[0]) for n in m.nodes[1:]):
+        return f"{where}: an intermediate has other readers"
+    if g.opset_allows(20) and g.supports("Gelu"):
+        return None
+    if g.target is not None and CONTRIB in tuple(getattr(g.target, "contrib_domains", ())) and g.dtype(m["x"]) == 1:
+        m.data["contrib"] = True
+        return None
+    if not g.opset_allows(20):
+        return f"{where}: opset {g.opset} < 20 (upgrade_opset=true allows it)"
+    return f"{where}: target lacks Gelu"
+
+
 def rewrite_gelu(g: FusionGraph, m: Match) -> None:
-    g.needed_opset = max(g.needed_opset, 20)
-    node = g.make_node("Gelu", [m["x"]], [m.anchor.output[0]], "gelu_fused", m.anchor.name or m.anchor.output[0])
+    tanh = m.data.get("approximate") == "tanh"
+    base = m.anchor.name or m.anchor.output[0]
+    if m.data.get("contrib"):  # onnxruntime's Gelu / FastGelu kernels, for opsets before 20
+        node = g.make_node("FastGelu" if tanh else "Gelu", [m["x"]], [m.anchor.output[0]], "gelu_fused", base,
+                           domain=CONTRIB)
+        g.used_domains.add(CONTRIB)
+    else:
+        g.needed_opset = max(g.needed_opset, 20)
+        extra = {"approximate": "tanh"} if tanh else {}
+        node = g.make_node("Gelu", [m["x"]], [m.anchor.output[0]], "gelu_fused", base, **extra)
     g.insert_before(node, m.anchor)
     g.remove(*m.nodes)
 
@@ -210,5 +269,8 @@ RULES = [
     Rule("hard_activation_fused", ("Div", "Mul"), match_hard, check_hard, rewrite_hard,
          "Clip(x+3,0,6)/6 to HardSigmoid, x*Clip(x+3,0,6)/6 to HardSwish"),
     Rule("hardswish_fused", ("Mul",), match_swish, check_swish, rewrite_swish, "x * HardSigmoid(x) to HardSwish"),
-    Rule("gelu_fused", ("Erf",), match_gelu, check_gelu, rewrite_gelu, "erf-form GELU to Gelu (opset 20)"),
+    Rule("gelu_fused", ("Erf",), match_gelu, check_gelu, rewrite_gelu,
+         "erf-form GELU to Gelu (opset 20; com.microsoft Gelu on targets with that domain)"),
+    Rule("gelu_fused", ("Tanh",), match_gelu_tanh, check_gelu, rewrite_gelu,
+         "tanh-form GELU to Gelu(approximate=tanh) (opset 20; com.microsoft FastGelu on targets with it)"),
 ]

@@ -85,6 +85,31 @@ def rewrite_transposes(g: FusionGraph, m: Match) -> None:
     set_attr(outer, "perm", m["perm"])
 
 
+def match_constant_transpose(g: FusionGraph, node) -> Match | None:
+    """Transpose of a constant weight: cleanup folds these, except IR<4 weights that are also
+    graph inputs (constants by that IR's convention, which only fuse honours)."""
+    return Match([node]) if node.input and g.is_const(node.input[0]) else None
+
+
+def check_constant_transpose(g: FusionGraph, m: Match) -> str | None:
+    node = m.anchor
+    if len(g.users(node.input[0])) != 1 or node.input[0] in g.outputs:
+        return f"Transpose {node.name!r} of a constant not folded: the constant has other readers"
+    if node.output[0] in g.outputs:
+        return f"Transpose {node.name!r} of a constant not folded: it writes a graph output"
+    perm = _perm(g, node)
+    if perm is None:
+        return f"Transpose {node.name!r} of a constant not folded: rank unknown"
+    m.data["perm"] = perm
+    return None
+
+
+def rewrite_constant_transpose(g: FusionGraph, m: Match) -> None:
+    node = m.anchor
+    value = np.ascontiguousarray(np.transpose(g.value(node.input[0]), m["perm"]))
+    g.bypass(node, g.add_constant(value, node.output[0] + "_folded", before=node))
+
+
 def match_reshapes(g: FusionGraph, outer) -> Match | None:
     inner = g.producer(outer.input[0])
     if inner is None or inner.op_type not in SHAPE_OPS:
@@ -373,6 +398,8 @@ RULES = [
          rewrite_reshape_target, "Reshape target computed from Shape(x) replaced by a constant (0 = keep dim)"),
     Rule("transposes_merged", ("Transpose",), match_pair("Transpose"), check_transposes, rewrite_transposes,
          "consecutive Transposes merged, or removed when they cancel"),
+    Rule("constant_transpose_folded", ("Transpose",), match_constant_transpose, check_constant_transpose,
+         rewrite_constant_transpose, "Transpose of a constant weight read only there folded into it"),
     Rule("reshape_chain_collapsed", SHAPE_OPS, match_reshapes, check_reshapes, rewrite_reshapes,
          "Reshape/Flatten/Squeeze/Unsqueeze chains collapsed to one Reshape"),
     Rule("casts_merged", ("Cast",), match_pair("Cast"), check_casts, rewrite_casts,

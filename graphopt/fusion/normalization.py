@@ -1,4 +1,4 @@
-"""LayerNormalization (opset 17) from its decomposition.
+"""LayerNormalization (opset 17) and Softmax from their decompositions.
 
     d = x - ReduceMean(x, axes=[-1])
     y = d / Sqrt(ReduceMean(d ** 2, axes=[-1]) + eps)       (d * d also accepted)
@@ -10,6 +10,14 @@ attribute before opset 18, as an input from 18), Pow's exponent is exactly 2, ep
 constant scalar, gamma/beta are constants that broadcast along the last axis only (so
 the output shape does not grow), every intermediate is read only inside the pattern, and
 x is float. Without a Mul, gamma is ones of the last dimension, which must be static.
+
+    e = Exp(x - ReduceMax(x, axes=[a]))      (or e = Exp(x))
+    out = e / ReduceSum(e, axes=[a])        == Softmax(x, axis=a)
+
+Preconditions: one reduced axis with keepdims=1, the same in both reductions; from opset 13
+any axis (Softmax is per axis), before it only the last one (older Softmax flattens from
+`axis`); x float; e read only by the ReduceSum and the Div. Softmax subtracts the max
+itself, so the unshifted form gets the same values where it did not overflow.
 """
 
 from __future__ import annotations
@@ -133,5 +141,57 @@ def rewrite_layernorm(g: FusionGraph, m: Match) -> None:
     g.remove(*m.nodes)
 
 
-RULES = [Rule("layernorm_fused", ("Div",), match_layernorm, check_layernorm, rewrite_layernorm,
+def _reduced_axis(g: FusionGraph, node, x: str) -> int | None:
+    """The single axis `node` reduces with keepdims=1 (normalised to >= 0), or None."""
+    if node is None or node.input[0] != x or attr(node, "keepdims", 1) != 1:
+        return None
+    axes = attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = g.value(node.input[1])
+        axes = None if value is None else value.reshape(-1).tolist()
+    rank = g.rank(x)
+    if axes is None or len(axes) != 1 or rank is None or not -rank <= axes[0] < rank:
+        return None
+    return axes[0] % rank
+
+
+def match_softmax(g: FusionGraph, div) -> Match | None:
+    exp = g.producer(div.input[0], "Exp")
+    total = g.producer(div.input[1], "ReduceSum")
+    if exp is None or total is None:
+        return None
+    axis = _reduced_axis(g, total, exp.output[0])
+    if axis is None:
+        return None
+    nodes, x = [div, total, exp], exp.input[0]
+    sub = g.producer(x, "Sub")
+    if sub is not None and _reduced_axis(g, g.producer(sub.input[1], "ReduceMax"), sub.input[0]) == axis:
+        nodes, x = nodes + [sub, g.producer(sub.input[1])], sub.input[0]
+    return Match(nodes, {"x": x, "axis": axis})
+
+
+def check_softmax(g: FusionGraph, m: Match) -> str | None:
+    where = f"Softmax form at {m.anchor.name!r} not fused"
+    inside = {id(n) for n in m.nodes}
+    for node in m.nodes[1:]:
+        if node.output[0] in g.outputs or any(id(u) not in inside for u in g.users(node.output[0])):
+            return f"{where}: {node.op_type} {node.name!r} has readers outside the pattern"
+    if g.dtype(m["x"]) not in (1, 10, 11, 16):
+        return f"{where}: input is not float"
+    if g.opset < 13 and m["axis"] != g.rank(m["x"]) - 1:
+        return f"{where}: opset {g.opset} Softmax flattens from its axis; only the last axis is equivalent"
+    return None
+
+
+def rewrite_softmax(g: FusionGraph, m: Match) -> None:
+    div = m.anchor
+    node = g.make_node("Softmax", [m["x"]], [div.output[0]], "softmax_fused", div.name or div.output[0],
+                       axis=int(m["axis"]))
+    g.insert_before(node, div)
+    g.remove(*m.nodes)
+
+
+RULES = [Rule("softmax_fused", ("Div",), match_softmax, check_softmax, rewrite_softmax,
+              "Exp(x - ReduceMax) / ReduceSum(Exp) to Softmax"),
+         Rule("layernorm_fused", ("Div",), match_layernorm, check_layernorm, rewrite_layernorm,
               "ReduceMean/Sub/Pow/Sqrt/Div (+ Mul, Add) to LayerNormalization (opset 17)")]

@@ -25,6 +25,7 @@ from onnx import numpy_helper
 
 from graphopt.ir import ConstantView, constant_node_value, infer_shapes
 from graphopt.ir.graph import conform_to_ir_version
+from graphopt.ir.subgraphs import outer_scope_names
 from graphopt.ir.rewrite import (consumers, graph_output_names, producers, remove_dead_nodes,
                                  rename_input_uses)
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass
@@ -86,8 +87,9 @@ def remove_identities(graph: onnx.GraphProto) -> int:
     removed = 0
     outputs = graph_output_names(graph)
     inputs = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    read = set(consumers(graph)) | outer_scope_names(graph) | outputs
     for node in list(graph.node):
-        if not _is_forwarding(node):
+        if not _is_forwarding(node, read):
             continue
         src, dst = node.input[0], node.output[0]
         if dst in outputs:
@@ -122,13 +124,13 @@ def constants_to_initializers(graph: onnx.GraphProto) -> int:
     return moved
 
 
-def _is_forwarding(node: onnx.NodeProto) -> bool:
+def _is_forwarding(node: onnx.NodeProto, read: set[str]) -> bool:
     if node.domain not in ("", "ai.onnx") or not node.input or not node.input[0]:
         return False
     if node.op_type == "Identity":
         return True
     if node.op_type == "Dropout":
-        extra_outputs = [o for o in node.output[1:] if o]
+        extra_outputs = [o for o in node.output[1:] if o in read]  # an unread mask output may go
         training = len(node.input) > 2 and node.input[2]
         return not extra_outputs and not training
     return False

@@ -41,7 +41,8 @@ MAX_NOTES = 200
 class Fuse(Pass):
     name = "fuse"
     summary = ("BatchNorm/scale/bias folding, MatMul+Add to Gemm, transpose/reshape/cast chains, no-op "
-               "removal, CSE, LayerNorm/GELU/HardSwish/Softmax pattern fusion, target activation fusion")
+               "removal, CSE, LayerNorm/GELU/HardSwish/Softmax pattern fusion, attention and activation fusion "
+               "for targets with contrib kernels")
     lossless = True
 
     @dataclass

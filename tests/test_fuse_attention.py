@@ -1,0 +1,122 @@
+"""Attention fusion (graphopt/fusion/attention.py): self-attention to com.microsoft Attention."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from test_fuse import RNG, _assert_same, _fuse, _init, _model, _ops, _vi
+
+from graphopt.passes import PassContext, create_pass
+from graphopt.targets import load_target
+from graphopt.verify import run_model
+from graphopt.verify.compare import allclose_relative
+
+B, S, H, D = 2, 5, 2, 4
+CPU = PassContext(target=load_target("cpu"))
+
+
+def _attention_model(heads_target=(0, 0, H, D), scale_op="Mul", mask_shape=None, cross=False,
+                     scores_output=False):
+    hidden = H * D
+    nodes, inits = [], []
+    for key in "qkv":
+        src = "mem" if cross and key != "q" else "x"
+        inits += [_init(f"W{key}", RNG.standard_normal((hidden, hidden)).astype(np.float32) / 3),
+                  _init(f"b{key}", RNG.standard_normal(hidden).astype(np.float32))]
+        perm = [0, 2, 3, 1] if key == "k" else [0, 2, 1, 3]
+        nodes += [helper.make_node("MatMul", [src, f"W{key}"], [f"{key}_mm"], name=f"/{key}/mm"),
+                  helper.make_node("Add", [f"{key}_mm", f"b{key}"], [f"{key}_p"], name=f"/{key}/add"),
+                  helper.make_node("Reshape", [f"{key}_p", "heads"], [f"{key}_r"], name=f"/{key}/reshape"),
+                  helper.make_node("Transpose", [f"{key}_r"], [f"{key}_t"], perm=perm, name=f"/{key}/t")]
+    inits += [_init("heads", np.array(heads_target, np.int64)), _init("tokens", np.array([0, 0, hidden], np.int64))]
+    factor = 1 / np.sqrt(D) if scale_op == "Mul" else np.sqrt(D)
+    inits.append(_init("scale", np.array(factor, np.float32)))
+    nodes += [helper.make_node("MatMul", ["q_t", "k_t"], ["scores"], name="/qk"),
+              helper.make_node(scale_op, ["scores", "scale"], ["scaled"], name="/scale")]
+    logits = "scaled"
+    inputs = [_vi("x", [B, S, hidden])] + ([_vi("mem", [B, S, hidden])] if cross else [])
+    if mask_shape is not None:
+        inputs.append(_vi("mask", list(mask_shape)))
+        nodes.append(helper.make_node("Add", ["scaled", "mask"], ["masked"], name="/mask"))
+        logits = "masked"
+    nodes += [helper.make_node("Softmax", [logits], ["probs"], axis=-1, name="/softmax"),
+              helper.make_node("MatMul", ["probs", "v_t"], ["context"], name="/pv"),
+              helper.make_node("Transpose", ["context"], ["merged"], perm=[0, 2, 1, 3], name="/merge"),
+              helper.make_node("Reshape", ["merged", "tokens"], ["y"], name="/out")]
+    outputs = [_vi("y", [B, S, hidden])] + ([_vi("scores", None)] if scores_output else [])
+    return _model(nodes, inputs, outputs, inits)
+
+
+SHAPES = {"x": (B, S, H * D), "mem": (B, S, H * D), "mask": (B, 1, 1, S)}
+
+
+@pytest.mark.parametrize("heads_target", [(0, 0, H, D), (0, 0, -1, D), (B, S, H, -1)])
+@pytest.mark.parametrize("scale_op", ["Mul", "Div"])
+def test_self_attention_becomes_one_contrib_node(heads_target, scale_op):
+    model = _attention_model(heads_target, scale_op)
+    before, result = _fuse(model, CPU)
+    assert _ops(result.model) == {"Attention": 1}
+    node = result.model.graph.node[0]
+    assert node.domain == "com.microsoft"
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["num_heads"] == H and attrs["scale"] == pytest.approx(1 / np.sqrt(D))
+    assert [t.dims for t in result.model.graph.initializer if t.name in node.input] == [[H * D, 3 * H * D], [3 * H * D]]
+    assert any(o.domain == "com.microsoft" for o in result.model.opset_import)
+    _assert_same(before, result.model, SHAPES)
+
+
+def test_standard_only_targets_keep_the_graph():
+    model = _attention_model()
+    before, result = _fuse(model)
+    assert "Attention" not in _ops(result.model)
+    assert all(o.domain in ("", "ai.onnx") for o in result.model.opset_import)
+
+
+@pytest.mark.parametrize("mask_shape", [(B, 1, 1, S), (B, 1, S, S)])
+def test_additive_mask_becomes_attention_bias(mask_shape):
+    model = _attention_model(mask_shape=mask_shape)
+    before, result = _fuse(model, CPU)
+    ops = _ops(result.model)
+    assert ops["Attention"] == 1 and "Softmax" not in ops
+    attention = next(n for n in result.model.graph.node if n.op_type == "Attention")
+    assert len(attention.input) == 6
+    # a mask whose broadcast cannot be proven is expanded to (., ., S, S) first
+    assert ("Expand" in ops) == (mask_shape[2] == 1)
+    feeds = {"x": RNG.standard_normal(SHAPES["x"]).astype(np.float32),
+             "mask": np.where(RNG.random(mask_shape) < 0.3, -1e4, 0.0).astype(np.float32)}
+    ref, got = run_model(before, feeds), run_model(result.model, feeds)
+    assert allclose_relative([ref["y"]], [got["y"]])[0]
+
+
+def test_cross_attention_is_not_fused():
+    before, result = _fuse(_attention_model(cross=True), CPU)
+    assert "Attention" not in _ops(result.model)
+    assert any("not self-attention" in n for n in result.notes)
+
+
+def test_scores_read_outside_the_pattern_block_the_fusion():
+    before, result = _fuse(_attention_model(scores_output=True), CPU)
+    assert "Attention" not in _ops(result.model)
+    assert any("readers outside the pattern" in n for n in result.notes)
+
+
+def test_digits_transformer_attention_fused_outputs_equal():
+    from models import zoo
+
+    model = onnx.load(str(zoo.digits_transformer()))
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
+    cleaned = create_pass("cleanup").run(model, CPU).model
+    result = create_pass("fuse").run(cleaned, CPU)
+    ops = _ops(result.model)
+    assert ops["Attention"] == 2 and "Softmax" not in ops and "Transpose" not in ops
+    assert len(result.model.graph.node) < 40
+    data = zoo.digits_data("test")
+    name = before.graph.input[0].name
+    x = data[name] if name in data else next(iter(data.values()))
+    feeds = {name: np.asarray(x[:64], np.float32)}
+    ref, got = run_model(before, feeds), run_model(result.model, feeds)
+    for key, value in ref.items():
+        assert allclose_relative([value], [got[key]])[0]
