@@ -17,7 +17,7 @@ from graphopt.ir import clone, load_model, save_model
 from graphopt.ir.validate import check_level, validate_model
 from graphopt.passes import PassContext
 from graphopt.pipeline import PassManager, model_stats
-from graphopt.pipeline_spec import PipelineConfig, load_pipeline_file, parse_inline
+from graphopt.pipeline_spec import PipelineConfig, load_pipeline_file, parse_inline, with_quantize_prerequisites
 from graphopt.verify import Thresholds, load_npz, synthesize_inputs, verify_models
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ def resolve_pipeline(passes=None, pipeline=None, target=None) -> tuple[PipelineC
         config.passes = parse_inline(passes) if isinstance(passes, str) else list(passes)
     elif pipeline is None:
         config.passes = parse_inline(target_obj.default_pipeline)
+    config.passes, note = with_quantize_prerequisites(config.passes)
+    if note:
+        config.notes.append(note)
     return config, target_obj
 
 
@@ -150,7 +153,7 @@ def prepare_run(model, passes=None, pipeline=None, target=None, calibration_data
     config, target_obj = resolve_pipeline(passes, pipeline, target)
     imported = _import_if_needed(model, input_shapes, allow_pickle)
     original = imported.model if imported else as_model(model)
-    warnings = validate_model(original)
+    warnings = validate_model(original) + list(config.notes)
     level = check_level(original)
     require_runnable(original)
     calibration = as_feeds(calibration_data or config.calibration_data, original)

@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
 from graphopt.errors import InputError
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+CONTRIB_FAMILIES = ("contrib", "attention")  # fuse families that emit com.microsoft ops
 
 
 @dataclass
@@ -41,6 +42,7 @@ class PipelineConfig:
     target: str | None = None
     verify: dict[str, Any] = field(default_factory=dict)
     calibration_data: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _format_value(value: Any) -> str:
@@ -102,6 +104,35 @@ def _split_top_level(text: str, sep: str) -> list[str]:
         raise InputError(f"unbalanced brackets in {text!r}")
     parts.append(text[start:])
     return parts if text else []
+
+
+def _is_false(value: Any) -> bool:
+    return value is False or str(value).strip().lower() in ("false", "0", "no", "off")
+
+
+def with_quantize_prerequisites(specs: list[PassSpec]) -> tuple[list[PassSpec], str | None]:
+    """Quantize after `cleanup,fuse` by default, so that BatchNorm and biases are folded
+    before ranges are calibrated: a `quantize` with no `fuse` before it gets `fuse` (and
+    `cleanup`, when that is missing too) inserted right in front of it, unless its option
+    `prepare` is false. Returns (specs, note saying what was inserted, or None)."""
+    for k, spec in enumerate(specs):
+        if spec.name != "quantize":
+            continue
+        before = {s.name for s in specs[:k]}
+        if "fuse" in before or _is_false(spec.options.get("prepare", True)):
+            return specs, None
+        from graphopt.fusion import FAMILIES
+
+        # contrib-op families (FusedConv, com.microsoft Attention) make float-only nodes that
+        # quantize cannot put into integer kernels: left out here
+        rules = [f for f in FAMILIES if f not in CONTRIB_FAMILIES]
+        added = ([PassSpec("cleanup")] if "cleanup" not in before else []) + \
+            [PassSpec("fuse", {"rules": rules})]
+        names = ",".join(str(a) for a in added)
+        return (specs[:k] + added + specs[k:],
+                f"pipeline: inserted {names} before quantize (fold BatchNorm and biases first; "
+                "quantize{prepare=false} turns this off)")
+    return specs, None
 
 
 def load_pipeline_file(path) -> PipelineConfig:

@@ -130,8 +130,10 @@ def test_matmul_output_stays_float_when_no_quantized_reader():
 def test_activation_matmul_quantizes_both_operands():
     model = make_model([helper.make_node("MatMul", ["a", "b"], ["y"])],
                        [tensor("a", ["N", 4, 8]), tensor("b", ["N", 8, 4])], [tensor("y", ["N", 4, 4])])
-    ops = _ops(_quantize(model).model)
+    ops = _ops(_quantize(model, activation_matmul=True).model)
     assert ops == {"MatMul": 1, "QuantizeLinear": 2, "DequantizeLinear": 2}
+    default = _quantize(model)  # the cpu default: activation x activation MatMuls stay float
+    assert not default.changed and any("activation x activation" in n for n in default.notes)
 
 
 def residual_model():
@@ -274,3 +276,120 @@ def test_digits_cnn_accuracy_within_half_a_point():
            for m in (model, result.model)]
     assert acc[1] >= acc[0] - 0.005
     onnx.checker.check_model(result.model, full_check=True)
+
+
+def _zero_points(model):
+    """{tensor: zero point array} of every activation QuantizeLinear."""
+    inits = _inits(model)
+    return {n.input[0]: inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+@pytest.mark.parametrize("target, dtype, symmetric", [("cpu", np.uint8, False), ("gpu", np.int8, True),
+                                                      ("npu", np.int8, True), ("mcu", np.int8, False)])
+def test_target_quantization_defaults(target, dtype, symmetric):
+    from graphopt.targets import load_target
+
+    model = conv_relu_model()
+    data = _feeds(model)
+    result = create_pass("quantize").run(model, PassContext(target=load_target(target), calibration_data=data))
+    zps = _zero_points(result.model)
+    assert zps and all(z.dtype == dtype for z in zps.values())
+    if symmetric:  # zero point 0, and the ReLU is kept (a symmetric range cannot fold it)
+        assert all(int(z) == 0 for z in zps.values()) and _ops(result.model)["Relu"] == 1
+    else:  # the folded ReLU's range starts at 0: zero point = qmin
+        assert int(zps["r"]) == np.iinfo(dtype).min and "Relu" not in _ops(result.model)
+    assert result.stats["activation_type"] == np.dtype(dtype).name
+    assert result.stats["target_defaults"]["activation_type"] == np.dtype(dtype).name
+
+
+def test_explicit_options_override_target_defaults():
+    from graphopt.targets import load_target
+
+    model = conv_relu_model()
+    data = _feeds(model)
+    ctx = PassContext(target=load_target("gpu"), calibration_data=data)
+    result = create_pass("quantize", {"activation_type": "uint8", "symmetric_activations": "false"}).run(model, ctx)
+    zps = _zero_points(result.model)
+    assert all(z.dtype == np.uint8 for z in zps.values()) and int(zps["r"]) == 0
+    chosen = result.stats["target_defaults"]
+    assert "activation_type" not in chosen and "symmetric_activations" not in chosen
+    assert chosen["per_channel"] is True  # the target still decides what was not given
+    # the same pass object follows the target of each run, never the previous one's
+    again = create_pass("quantize", {"activation_type": "uint8"})
+    again.run(model, PassContext(target=load_target("gpu"), calibration_data=data))
+    cpu = again.run(model, PassContext(target=load_target("cpu"), calibration_data=data))
+    assert cpu.stats["symmetric_activations"] is False
+
+
+def transformer_ffn_model():
+    """LayerNorm-like input with two outlier channels -> MatMul, plus a residual Add."""
+    nodes = [helper.make_node("Mul", ["x", "gain"], ["h"]),
+             helper.make_node("MatMul", ["h", "w1"], ["u"]),
+             helper.make_node("Add", ["u", "h"], ["y"])]
+    gain = np.ones(16, np.float32)
+    gain[[3, 11]] = 40.0
+    return make_model(nodes, [tensor("x", ["N", 5, 16])], [tensor("y", ["N", 5, 16])],
+                      {"gain": gain, "w1": _w(16, 16)})
+
+
+def test_float_readers_read_the_float_tensor():
+    model = transformer_ffn_model()
+    result = _quantize(model, smooth_alpha=0.0)
+    made = {o: n for n in result.model.graph.node for o in n.output}
+    add = next(n for n in result.model.graph.node if n.op_type == "Add")
+    matmul = next(n for n in result.model.graph.node if n.op_type == "MatMul")
+    assert made[matmul.input[0]].op_type == "DequantizeLinear"
+    assert "h" in add.input and made["h"].op_type == "Mul"  # the residual is exact
+
+
+def test_smoothing_moves_outlier_channels_into_weights():
+    model = transformer_ffn_model()
+    data = [{"x": RNG.standard_normal((8, 5, 16)).astype(np.float32)} for _ in range(2)]
+    smooth = _quantize(model, data)
+    plain = _quantize(model, data, smooth_alpha=0.0)
+    info = smooth.stats["smoothing"]["tensors"]
+    assert list(info) == ["h"] and info["h"]["channel_spread"] >= 8
+    # X @ W == (X / s) @ (s W): a Mul on the quantized branch feeds the Q, the residual reads h
+    made = {o: n for n in smooth.model.graph.node for o in n.output}
+    q = next(n for n in smooth.model.graph.node if n.op_type == "QuantizeLinear")
+    assert made[q.input[0]].op_type == "Mul" and made[q.input[0]].input[0] == "h"
+    test = {"x": RNG.standard_normal((4, 5, 16)).astype(np.float32)}
+    ref = _run(model, test)
+    err = [np.linalg.norm(_run(m.model, test) - ref) / np.linalg.norm(ref) for m in (smooth, plain)]
+    assert err[0] < 0.5 * err[1]
+    assert not any(v.name for v in smooth.model.graph.value_info)  # inferred shapes not written out
+
+
+def test_quantize_in_a_pipeline_runs_after_cleanup_and_fuse():
+    from graphopt.api import resolve_pipeline
+    from graphopt.pipeline_spec import parse_inline, with_quantize_prerequisites
+
+    def names(text):
+        return [s.name for s in with_quantize_prerequisites(parse_inline(text))[0]]
+
+    assert names("quantize") == ["cleanup", "fuse", "quantize"]
+    assert names("cleanup,quantize{mode=dynamic}") == ["cleanup", "fuse", "quantize"]
+    assert names("fuse,quantize") == ["fuse", "quantize"]
+    assert names("quantize{prepare=false}") == ["quantize"]
+    assert names("cleanup,fuse") == ["cleanup", "fuse"]
+    config, _ = resolve_pipeline("quantize")
+    assert [s.name for s in config.passes] == ["cleanup", "fuse", "quantize"] and config.notes
+
+
+def test_optimize_with_quantize_alone_folds_batchnorm_first():
+    import graphopt
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"]),
+             helper.make_node("Relu", ["n"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 4, 8, 8])],
+                       {"w": _w(4, 3, 3, 3), "g": np.full(4, 1.5, np.float32), "b": _w(4),
+                        "m": _w(4), "v": np.full(4, 0.5, np.float32)})
+    data = [{"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    result = graphopt.optimize(model, passes="quantize", calibration_data=data, inputs=data,
+                               thresholds={"min_cosine": 0.98})
+    assert [p["name"] for p in result.report["passes"]] == ["cleanup", "fuse", "quantize"]
+    assert any("inserted cleanup,fuse{rules=" in w for w in result.report["warnings"])
+    assert "contrib" not in result.report["passes"][1]["options"]["rules"]
+    ops = _ops(result.model)
+    assert "BatchNormalization" not in ops and ops["Conv"] == 1 and ops["QuantizeLinear"] == 2

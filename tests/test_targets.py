@@ -374,3 +374,25 @@ def test_every_builtin_prices_the_digits_models(target):
         assert cost["latency_ms"] > 0 and cost["energy_mj"] > 0 and cost["macs"] > 0
         assert cost["unknown_ops"] == {} and cost["notes"] == []
         assert sum(r["macs"] for r in cost["nodes"]) == cost["macs"]
+
+
+def test_quantization_tables_of_builtins_and_validation(tmp_path):
+    from graphopt.targets.schema import DATA_DIR
+
+    cpu, gpu = load_target("cpu").quantization, load_target("gpu").quantization
+    assert cpu["activation_type"] == "uint8" and cpu["symmetric_activations"] is False
+    assert cpu["activation_matmul"] is False and cpu["float_range_limit"] == 1e4
+    assert gpu["activation_type"] == "int8" and gpu["symmetric_activations"] is True
+    for name in ("npu", "mcu"):
+        assert load_target(name).quantization["activation_type"] == "int8"
+    text = (DATA_DIR / "cpu.toml").read_text()
+    for bad, message in [('activation_type = "uint8"', "activation_type = \"fp8\""),
+                         ("activation_matmul = false", "activation_matmul = 1"),
+                         ("smooth_alpha = 0.5", "smooth_alpha = 2.0"),
+                         ("smooth_alpha = 0.5", "smooth_alpha = 0.5\nbits = 3")]:
+        path = tmp_path / "t.toml"
+        path.write_text(text.replace(bad, message))
+        with pytest.raises(InputError, match="quantization"):
+            load_target(path)
+    path.write_text(text[:text.index("[quantization]")])
+    assert load_target(path).quantization == {}

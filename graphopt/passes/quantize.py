@@ -6,16 +6,31 @@ through onnxruntime once, streaming statistics of every tensor that needs a rang
 (shared across a scale group: Concat, pass-through ops) -> rewrite (Q/DQ on activations,
 int8 per-channel or int4 block weights, int32 biases with s_b = s_x * s_w).
 
-Target-aware rules: a tensor whose calibrated magnitude reaches HUGE_RANGE (additive
-attention masks filled with -1e4 .. -3.4e38) is never quantized (its readers stay float:
-one scale cannot hold both the mask and the data); Softmax / LayerNormalization are not
-in the placement tables, so their inputs stay float. Optional mixed precision
-(`min_cosine`) keeps the most sensitive layers in float until the output cosine vs the
-float model on the calibration data reaches the target.
+Target-aware defaults: the target's `[quantization]` table (graphopt/targets/data/*.toml)
+gives the defaults of activation_type, symmetric_activations, weight_type, per_channel,
+activation_matmul, smooth_alpha and float_range_limit; an option the user sets
+explicitly always wins (stats["target_defaults"] lists what the target decided). Without
+a target (the pass used directly) the option defaults below apply, which are the `cpu`
+target's.
+
+Rules: a tensor whose calibrated magnitude reaches `float_range_limit` (additive attention
+masks filled with -1e4 .. -3.4e38) is never quantized (its readers stay float: one scale
+cannot hold both the mask and the data); Softmax / LayerNormalization are not in the
+placement tables, so their inputs stay float; float readers of a quantized tensor (the
+residual Add beside a MatMul) read the exact float value; activation x activation MatMuls
+stay float unless `activation_matmul`; MatMul inputs whose channels spread more than 4x
+are smoothed into the weights first (`smooth_alpha`, graphopt.quantization.smooth).
+Optional mixed precision (`min_cosine`) keeps the most sensitive layers in float until the
+output cosine vs the float model on the calibration data reaches the target.
+
+Pipelines: a `quantize` with no `fuse` before it gets `cleanup,fuse` inserted in front
+(graphopt.pipeline_spec.with_quantize_prerequisites) so that BatchNorm and biases are
+folded before ranges are taken; `prepare=false` turns that off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -36,10 +51,14 @@ from graphopt.quantization import params as qp
 from graphopt.quantization.dynamic import apply_dynamic, apply_weight_only
 from graphopt.quantization.placement import make_plan, node_label
 from graphopt.quantization.rewrite import WeightSpec, apply_static
+from graphopt.quantization.smooth import apply_smoothing
 
 log = logging.getLogger(__name__)
 
 HUGE_RANGE = 1e4
+# option name -> whether the target's [quantization] table may set it
+TARGET_KEYS = ("activation_type", "symmetric_activations", "weight_type", "per_channel",
+               "activation_matmul", "smooth_alpha", "float_range_limit")
 MIXED_EVAL_SAMPLES = 64
 
 
@@ -67,10 +86,35 @@ class Quantize(Pass):
         exclude: list[str] = option([], "node names, op types or regexes (on names) kept in float", regex=True)
         min_cosine: float = option(0.0, "mixed precision: keep the most sensitive layers in float until "
                                    "output cosine vs float >= this (0: off)")
+        activation_matmul: bool = option(False, "also quantize MatMuls whose operands are both activations "
+                                         "(attention Q.K^T, P.V); target default")
+        smooth_alpha: float = option(0.5, "SmoothQuant: migrate outlier channels of MatMul/Gemm inputs "
+                                     "into the weights with this strength (0: off); target default",
+                                     low=0.0, high=1.0)
+        float_range_limit: float = option(HUGE_RANGE, "tensors whose calibrated |x| reaches this stay "
+                                          "float (attention masks); target default", low=0.0)
+        prepare: bool = option(True, "in a pipeline, run cleanup,fuse first when no fuse precedes "
+                               "this pass (folds BatchNorm and biases before calibration)")
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.explicit = {k.replace("-", "_") for k in options}
+        self._given = self.options
+
+    def _target_options(self, ctx: PassContext) -> dict:
+        """Target [quantization] defaults for options the user did not set explicitly."""
+        table = getattr(ctx.target, "quantization", None) or {}
+        chosen = {k: v for k, v in table.items() if k in TARGET_KEYS and k not in self.explicit}
+        self.options = dataclasses.replace(self._given, **chosen)
+        return chosen
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        chosen = self._chosen = self._target_options(ctx)
         o = self.options
         notes: list[str] = []
+        if chosen:
+            notes.append(f"target {getattr(ctx.target, 'name', '?')} defaults: "
+                         + ", ".join(f"{k}={v}" for k, v in sorted(chosen.items())))
         start = time.perf_counter()
         work = _prepared(clone(model), o.weight_type, notes)
         if work is None:
@@ -80,7 +124,7 @@ class Quantize(Pass):
         if o.mode == "dynamic":
             work = _typed(work, notes)
             stats = apply_dynamic(work, o.exclude, keep_float, notes)
-            _strip_value_info(work)
+            _strip_value_info(work, model)
         elif o.mode == "weight-only":
             stats = apply_weight_only(work, spec, o.exclude, keep_float, notes)
         else:
@@ -90,12 +134,23 @@ class Quantize(Pass):
     def _static(self, original, work, ctx, spec, keep_float, notes, start) -> PassResult:
         o = self.options
         typed = _typed(work, notes)
-        plan = make_plan(typed, o.exclude, keep_float, fold_activations=not o.symmetric_activations)
+
+        def planned(model, keep):
+            return make_plan(model, o.exclude, keep, fold_activations=not o.symmetric_activations,
+                             activation_matmul=o.activation_matmul)
+
+        plan = planned(typed, keep_float)
         if not plan.kinds:
             return PassResult(original, False, {"nodes_quantized": {}}, sorted(set(notes + plan.notes)))
         feeds, synthetic = calibration_feeds(original, ctx.calibration_data, o.max_samples or None, ctx.seed)
         if synthetic:
             notes.append(SYNTHETIC_NOTE)
+        smoothing = {}
+        if o.smooth_alpha > 0:
+            index_map, smoothing = apply_smoothing(typed, plan, feeds, o.smooth_alpha)
+            if smoothing:
+                keep_float = {index_map[i] for i in keep_float}
+                plan = planned(typed, keep_float)
         bins = 0 if o.calibration == "minmax" else o.num_bins
         t0 = time.perf_counter()
         tstats = collect_statistics(typed, feeds, plan.activations, bins, ctx.progress)
@@ -116,10 +171,10 @@ class Quantize(Pass):
             return {g: qp.activation_params(lo, hi, o.activation_type, o.symmetric_activations)
                     for g, (lo, hi) in groups.items()}
 
-        plan = _drop_huge(typed, plan, tstats, keep_float, o, notes)
+        plan = _drop_huge(typed, plan, tstats, keep_float, o, notes, planned)
 
         def build(extra: set[int]):
-            p = make_plan(typed, o.exclude, keep_float | extra, fold_activations=not o.symmetric_activations)
+            p = planned(typed, keep_float | extra)
             m = clone(typed)
             st = apply_static(m, p, params_for(p), spec)
             return m, p, st
@@ -133,10 +188,13 @@ class Quantize(Pass):
                                                            o.min_cosine, labels)
             keep_float |= extra
         quantized, plan, st = build(set())
-        _strip_value_info(quantized)
+        _strip_value_info(quantized, original)
         notes.extend(plan.notes)
         stats.update(st)
+        if smoothing:
+            stats["smoothing"] = smoothing
         stats.update(calibration=o.calibration, activation_type=o.activation_type,
+                     symmetric_activations=o.symmetric_activations, target_defaults=self._chosen,
                      tensors_calibrated=len(plan.activations), samples=count_samples(feeds),
                      calibration_s=round(calib_s, 3))
         return _result(original, quantized, stats, notes, start,
@@ -179,10 +237,12 @@ def _skipped_sites(model: onnx.ModelProto, skip: frozenset[str]) -> set[int]:
     return {i for i, n in enumerate(model.graph.node) if node_label(n, i) in skip}
 
 
-def _drop_huge(typed, plan, tstats, keep_float: set[int], o, notes):
-    """Keep in float every quantized node touching a tensor with |x| >= HUGE_RANGE."""
+def _drop_huge(typed, plan, tstats, keep_float: set[int], o, notes, planned):
+    """Keep in float every quantized node touching a tensor with |x| >= float_range_limit."""
+    limit = o.float_range_limit
     for _ in range(8):
-        huge = {n for n in plan.activations if max(abs(tstats[n].min), abs(tstats[n].max)) >= HUGE_RANGE}
+        huge = {n for n in plan.activations if n in tstats
+                and max(abs(tstats[n].min), abs(tstats[n].max)) >= limit}
         if not huge:
             return plan
         for i in plan.kinds:
@@ -191,8 +251,8 @@ def _drop_huge(typed, plan, tstats, keep_float: set[int], o, notes):
             if touched & huge:
                 keep_float.add(i)
                 notes.append(f"{node_label(node, i)}: kept in float, a tensor it reads or writes reaches "
-                             f"|x| >= {HUGE_RANGE:g} (mask-like range; one scale cannot hold it)")
-        plan = make_plan(typed, o.exclude, keep_float, fold_activations=not o.symmetric_activations)
+                             f"|x| >= {limit:g} (mask-like range; one scale cannot hold it)")
+        plan = planned(typed, keep_float)
     return plan
 
 
@@ -206,10 +266,15 @@ def _slice(feeds: list[dict], samples: int) -> list[dict]:
     return out
 
 
-def _strip_value_info(model: onnx.ModelProto) -> None:
-    """Drop inferred value_info of tensors the rewrite removed or renamed."""
+def _strip_value_info(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
+    """Keep only value_info the input model declared (for tensors still produced).
+
+    The shapes this pass infers are not written out: besides going stale when tensors are
+    renamed, they change what onnxruntime fuses (with them it fuses Add + LayerNorm into
+    SkipLayerNormalization, ~4x slower than the two ops at one thread on x86)."""
     made = {o for n in model.graph.node for o in n.output}
-    keep = [v for v in model.graph.value_info if v.name in made]
+    declared = None if original is None else {v.name for v in original.graph.value_info}
+    keep = [v for v in model.graph.value_info if v.name in made and (declared is None or v.name in declared)]
     del model.graph.value_info[:]
     model.graph.value_info.extend(keep)
 

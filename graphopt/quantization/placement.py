@@ -10,6 +10,10 @@ Node kinds (onnxruntime's QDQ fusions in brackets):
   Relu / Clip(min=0) after a quantized node are folded: the Q of the producer takes the
   activation's range with zero point = qmin, so clipping in Q *is* the ReLU.
 
+MatMuls whose two operands are activations (attention's Q.K^T and P.V) are core nodes
+only with `activation_matmul` (target default: false on the CPU, where they are small and
+gain nothing from int8, true on GPUs/NPUs that run batched int8 MatMuls).
+
 Selection is a greatest fixpoint: start with every eligible node, then drop requant and
 shared nodes that have no quantized neighbour on their input side or no quantized
 consumer (a lone Q/DQ pair only adds work), and finally drop connected groups with no
@@ -143,7 +147,9 @@ def _foldable(g: _Graph, node: onnx.NodeProto) -> bool:
 
 
 def make_plan(model: onnx.ModelProto, exclude: list[str], keep_float: set[int],
-              fold_activations: bool) -> Plan:
+              fold_activations: bool, activation_matmul: bool = True) -> Plan:
+    """The placement; `activation_matmul=False` keeps MatMuls whose operands are both
+    activations (attention's Q.K^T and P.V) in float."""
     g = _Graph(model)
     plan = Plan()
     nodes = list(model.graph.node)
@@ -160,6 +166,11 @@ def make_plan(model: onnx.ModelProto, exclude: list[str], keep_float: set[int],
             continue
         if kind == "core":
             reason = eligible_core(g, node)
+            if reason is None and not activation_matmul and node.op_type in ("MatMul", "Gemm") \
+                    and g.const(node.input[1]) is None:
+                plan.notes.append(f"{node_label(node, i)}: kept in float (activation x activation "
+                                  "MatMul; activation_matmul=false)")
+                continue
         else:
             reason = None if all(g.is_float_activation(n) for n in _data_inputs(node)) else \
                 "an input is a constant or not float"

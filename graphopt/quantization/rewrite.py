@@ -135,6 +135,7 @@ def apply_static(model: onnx.ModelProto, plan: Plan, tensor_params: dict[str, qp
     nodes = list(graph.node)
     outputs = {o.name for o in graph.output}
     folded = set(plan.folds)
+    folded_outputs = {nodes[a].output[0] for a in plan.folds}
     for act, producer in plan.folds.items():
         nodes[producer].output[0] = nodes[act].output[0]
     after: dict[str, list] = {}
@@ -161,7 +162,10 @@ def apply_static(model: onnx.ModelProto, plan: Plan, tensor_params: dict[str, qp
     for i, node in enumerate(nodes):
         if i in folded:
             continue
-        node.input[:] = [rename.get(n, n) for n in node.input]
+        # float readers (the residual Add beside a quantized MatMul) keep the exact tensor,
+        # except where a folded ReLU/Clip exists only in the Q
+        node.input[:] = [rename.get(n, n) if i in plan.kinds or n in folded_outputs else n
+                         for n in node.input]
         if plan.kinds.get(i) == "core":
             emitted.extend(_quantize_weights(rw, constants, node, plan, tensor_params, spec, i,
                                              {v: k for k, v in rename.items()}))

@@ -33,6 +33,17 @@ DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")
 EFFICIENCY_CLASSES = ("conv", "depthwise_conv", "conv_transpose", "matmul", "small_matmul",
                       "elementwise", "reduce", "other")
 REQUIRED = ("name", "description", "peak_gops", "memory", "energy_pj_per_mac", "support")
+# [quantization]: what the target's integer kernels want; the `quantize` pass takes these
+# as defaults for the options of the same name that the user did not set explicitly.
+QUANTIZATION_KEYS = {
+    "activation_type": ("uint8", "int8"),       # activation dtype its kernels run fastest
+    "symmetric_activations": bool,              # zero point 0 (int8) / 128 (uint8)
+    "weight_type": ("int8", "int4"),
+    "per_channel": bool,
+    "activation_matmul": bool,                  # quantize activation x activation MatMuls
+    "smooth_alpha": float,                      # SmoothQuant migration strength, 0 = off
+    "float_range_limit": float,                 # tensors reaching |x| >= this stay float
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class Target:
     parallel_efficiency: float = 1.0
     fuses_activations: bool = False
     fallback: Fallback | None = None
+    quantization: dict = field(default_factory=dict)
     source: str = ""
 
     def supports_dtype(self, dtype: str) -> bool:
@@ -181,8 +193,33 @@ def from_dict(data: dict, source: str = "") -> Target:
         cores=int(data.get("cores", 1)),
         parallel_efficiency=float(data.get("parallel_efficiency", 1.0)),
         fuses_activations=bool(data.get("fuses_activations", False)),
-        fallback=fallback, source=source,
+        fallback=fallback, quantization=_quantization(data.get("quantization", {})), source=source,
     )
+
+
+def _quantization(table) -> dict:
+    """Validate the [quantization] table (keys and value types of QUANTIZATION_KEYS)."""
+    if not isinstance(table, dict):
+        raise ValueError("quantization must be a table")
+    out = {}
+    for key, value in table.items():
+        kind = QUANTIZATION_KEYS.get(key)
+        if kind is None:
+            raise ValueError(f"quantization: unknown key {key!r} (known: {', '.join(QUANTIZATION_KEYS)})")
+        if isinstance(kind, tuple):
+            if value not in kind:
+                raise ValueError(f"quantization.{key} must be one of {', '.join(kind)}, not {value!r}")
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"quantization.{key} must be true or false")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"quantization.{key} must be a non-negative number")
+        else:
+            value = float(value)
+            if key == "smooth_alpha" and value > 1:
+                raise ValueError("quantization.smooth_alpha must lie in [0, 1]")
+        out[key] = value
+    return out
 
 
 def _dtype_table(table, where: str) -> dict[str, float]:
