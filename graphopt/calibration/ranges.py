@@ -21,7 +21,7 @@ import numpy as np
 from graphopt.calibration.histogram import TensorStats
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
-MAX_ENTROPY_CANDIDATES = 128  # evenly spaced thresholds; finer grids moved no result here
+ENTROPY_START = 128  # smallest candidate threshold, in bins (TensorRT's start_bin)
 MSE_CANDIDATES = 200
 
 
@@ -64,40 +64,61 @@ def _percentile(stats, p, symmetric, lo, hi):
     return max(lo, min(low, 0.0)), min(hi, max(high, 0.0))
 
 
-def entropy_threshold(hist: np.ndarray, width: float, levels: int) -> float:
-    """TensorRT KL threshold on a magnitude histogram; the full range if it is short."""
-    bins = hist.size
-    if bins <= levels:
-        return bins * width
-    total = hist.sum()
-    stride = max(1, (bins - levels) // MAX_ENTROPY_CANDIDATES)
-    candidates = list(range(levels, bins + 1, stride))
-    if candidates[-1] != bins:
-        candidates.append(bins)
-    suffix = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])
-    best_i, best_kl = bins, np.inf
-    for i in candidates:
-        kl = _kl_at(hist[:i], suffix[i], levels, total)
-        if kl < best_kl:
-            best_i, best_kl = i, kl
-    return best_i * width
+def entropy_threshold(hist: np.ndarray, width: float, levels: int, start: int = ENTROPY_START) -> float:
+    """TensorRT's KL threshold on a magnitude histogram (pytorch-quantization's variant).
+
+    For every candidate i (bins start..n): P = hist[:i] with the clipped mass added to its
+    last bin; Q = hist[:i] merged into `levels` chunks (bin k in chunk floor(k*levels/i))
+    and each chunk's mass spread evenly over its non-empty bins. The threshold is i * width
+    for the i minimising KL(P||Q), the largest such i on ties.
+
+    Bin 0 is replaced by bin 1 first, as TensorRT does: post-ReLU tensors are half exact
+    zeros, and that spike, merged into Q's first chunk, would dominate KL and push the
+    threshold down (clipping the large activations a network depends on).
+
+    All candidates are scored at once from prefix sums: with S, Nz, HL the prefix sums
+    of h, [h > 0] and h log h, each chunk c contributes sum_c * log(sum_c / nnz_c) to
+    sum(p log q), so a candidate costs O(levels), not O(i).
+    """
+    h = np.asarray(hist, dtype=np.float64).copy()
+    n = h.size
+    if n <= 1 or not h.any():
+        return n * width
+    h[0] = h[1]
+    total = h.sum()
+    if total == 0:
+        return n * width
+    cands = np.arange(min(start, n), n + 1)
+    kl = _kl_all(h, cands, levels, total)
+    best = cands.size - 1 - int(np.argmin(kl[::-1]))  # last minimum: the widest range
+    return float(cands[best]) * width
 
 
-def _kl_at(h: np.ndarray, outliers: float, levels: int, total: float) -> float:
-    i = h.size
-    p = h.copy()
-    p[-1] += outliers  # clipped values saturate into the last bin
-    starts = (np.arange(levels) * i) // levels
-    nonzero = h > 0
-    sums = np.add.reduceat(h, starts)
-    counts = np.add.reduceat(nonzero.astype(np.float64), starts)
-    chunk = np.repeat(np.arange(levels), np.diff(np.append(starts, i)))
-    q = np.where(nonzero, (sums / np.maximum(counts, 1))[chunk], 0.0)
-    mask = p > 0
-    p = p[mask] / total
-    q = q[mask] / max(q.sum(), 1e-30)
-    q = np.where(q > 0, q, 1e-12)  # P has mass where Q has none: heavy, finite penalty
-    return float(np.sum(p * np.log(p / q)))
+def _kl_all(h: np.ndarray, cands: np.ndarray, levels: int, total: float) -> np.ndarray:
+    """KL(P_i || Q_i) for every candidate i in `cands` (see entropy_threshold)."""
+    s = np.concatenate([[0.0], np.cumsum(h)])
+    nz = np.concatenate([[0], np.cumsum(h > 0)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hl = np.concatenate([[0.0], np.cumsum(np.where(h > 0, h * np.log(h), 0.0))])
+        # chunk boundaries ceil(j * i / levels), j = 0..levels, one row per candidate
+        j = np.arange(levels + 1)
+        bounds = (j[None, :] * cands[:, None] + levels - 1) // levels
+        sums = s[bounds[:, 1:]] - s[bounds[:, :-1]]
+        counts = nz[bounds[:, 1:]] - nz[bounds[:, :-1]]
+        cross = np.where(sums > 0, sums * np.log(sums / np.maximum(counts, 1)), 0.0).sum(axis=1)
+        last = cands - 1
+        outliers = total - s[cands]
+        # log q of the last kept bin: its chunk's mean over non-empty bins
+        chunk = (last * levels) // cands
+        rows = np.arange(cands.size)
+        q_last = sums[rows, chunk] / np.maximum(counts[rows, chunk], 1)
+        cross = cross + np.where(outliers > 0, outliers * np.log(q_last), 0.0)
+        p_last = h[last] + outliers
+        plogp = hl[last] + np.where(p_last > 0, p_last * np.log(p_last), 0.0)
+        kl = (plogp - cross) / total + np.log(s[cands] / total)
+    # clipped mass landing on an empty bin: Q has nothing there, KL is infinite
+    kl[(outliers > 0) & (h[last] == 0)] = np.inf
+    return np.where(np.isfinite(kl), kl, np.inf)
 
 
 def _mse(stats, symmetric, qmin, qmax, lo, hi):
