@@ -84,4 +84,36 @@ def rewrite_cse(g: FusionGraph, m: Match) -> None:
             rename_input_uses(g.graph, old, new)
 
 
-RULES = [Rule("cse_merged", ("*",), match_cse, check_cse, rewrite_cse, "identical nodes merged")]
+def merge_all(g: FusionGraph, accept) -> int:
+    """Every duplicate in one topological scan; renames apply as the scan goes, so chains of
+    duplicates (x -> a, a' -> b, b') collapse in the same scan. Returns the number merged."""
+    inits = {t.name: t for t in g.graph.initializer}
+    first: dict[str, onnx.NodeProto] = {}
+    rename: dict[str, str] = {}
+    dropped: set[int] = set()
+    for node in g.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        key = node_key(g, node, inits)
+        if key is None:
+            continue
+        kept = first.setdefault(key, node)
+        if kept is node or not accept(Match([node, kept])):
+            continue
+        dropped.add(id(node))
+        rename.update((old, new) for old, new in zip(node.output, kept.output) if old)
+    if not dropped:
+        return 0
+    kept_nodes = [n for n in g.graph.node if id(n) not in dropped]
+    del g.graph.node[:]
+    g.graph.node.extend(kept_nodes)
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in kept_nodes for a in n.attribute):
+        from graphopt.ir.rewrite import rename_input_uses
+
+        for old, new in rename.items():  # reads inside subgraph bodies
+            rename_input_uses(g.graph, old, new)
+    return len(dropped)
+
+
+RULES = [Rule("cse_merged", ("*",), match_cse, check_cse, rewrite_cse, "identical nodes merged", batch=merge_all)]

@@ -48,6 +48,11 @@ class Rule:
     check: Callable[..., str | None]
     rewrite: Callable[..., None]
     doc: str = ""
+    # Optional whole-graph form: batch(g, accept) visits every site in one scan, calls
+    # accept(match) (exclusions, check, skip_sites, bookkeeping) and applies the accepted
+    # rewrites itself. For rules whose sites are many and cheap (CSE), where a refresh of the
+    # indexes after each rewrite would make the walk quadratic.
+    batch: Callable[..., int] | None = None
 
     def site_id(self, m: Match) -> str:
         """Stable id of a rewrite site, listed in PassResult.sites and honoured in skip_sites."""

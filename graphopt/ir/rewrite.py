@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import onnx
 
-from graphopt.ir.subgraphs import outer_scope_names
+from graphopt.ir.subgraphs import subgraph_reads
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -18,21 +18,11 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     """Tensor name -> nodes reading it (a node that reads it in a subgraph counts)."""
     users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
-        names = set(node.input) | _subgraph_reads(node)
+        names = set(node.input) | subgraph_reads(node)
         for name in names:
             if name:
                 users[name].append(node)
     return users
-
-
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    names: set[str] = set()
-    for attr in node.attribute:
-        if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-            fake = onnx.GraphProto()
-            fake.node.append(node)
-            return outer_scope_names(fake)
-    return names
 
 
 def rename_input_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -69,9 +59,7 @@ def remove_dead_nodes(graph: onnx.GraphProto) -> int:
         if any(o in live for o in node.output if o):
             keep.append(node)
             live.update(n for n in node.input if n)
-            fake = onnx.GraphProto()
-            fake.node.append(node)
-            live |= outer_scope_names(fake)
+            live |= subgraph_reads(node)
     removed = len(graph.node) - len(keep)
     if removed:
         keep.reverse()
@@ -82,8 +70,8 @@ def remove_dead_nodes(graph: onnx.GraphProto) -> int:
     for tensor in dead_inits:
         graph.initializer.remove(tensor)
     valued = live | inputs | {t.name for t in graph.initializer}
-    stale = [v for v in graph.value_info if v.name not in valued and v.name not in
-             {o for n in graph.node for o in n.output}]
+    valued |= {o for n in graph.node for o in n.output}
+    stale = [v for v in graph.value_info if v.name not in valued]
     for value in stale:
         graph.value_info.remove(value)
     return removed
@@ -94,9 +82,7 @@ def topological_order(graph: onnx.GraphProto) -> list[onnx.NodeProto] | None:
     made = {out: idx for idx, node in enumerate(graph.node) for out in node.output if out}
     indegree, users = {}, defaultdict(list)
     for idx, node in enumerate(graph.node):
-        fake = onnx.GraphProto()
-        fake.node.append(node)
-        deps = {made[n] for n in set(node.input) | outer_scope_names(fake) if n in made}
+        deps = {made[n] for n in set(node.input) | subgraph_reads(node) if n in made}
         indegree[idx] = len(deps)
         for dep in deps:
             users[dep].append(idx)

@@ -49,10 +49,17 @@ def _free_names(graph: onnx.GraphProto) -> set[str]:
     return used - defined
 
 
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names the subgraphs of `node` (If/Loop/Scan bodies) read from the enclosing scope."""
+    return _free_names_of_node(node)
+
+
 def _free_names_of_node(node: onnx.NodeProto) -> set[str]:
     names: set[str] = set()
     for attr in node.attribute:
-        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for sub in subs:
-            names |= _free_names(sub)
+        if attr.type == onnx.AttributeProto.GRAPH:
+            names |= _free_names(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for sub in attr.graphs:
+                names |= _free_names(sub)
     return names

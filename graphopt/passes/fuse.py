@@ -103,8 +103,9 @@ class Walk:
 
     def __init__(self, rules: list[Rule], ctx: PassContext, options, opset: int, allow_upgrade: bool):
         self.by_op: dict[str, list[Rule]] = {}
+        self.batch_rules = [rule for rule in rules if rule.batch is not None]
         for rule in rules:
-            for op in rule.ops:
+            for op in () if rule.batch is not None else rule.ops:
                 self.by_op.setdefault(op, []).append(rule)
         self.ctx, self.options, self.opset, self.allow_upgrade = ctx, options, opset, allow_upgrade
         self.exclude = [re.compile(p) for p in options.exclude]
@@ -136,6 +137,11 @@ class Walk:
 
     def _sweep(self, g: FusionGraph) -> int:
         done = 0
+        for rule in self.batch_rules:
+            merged = rule.batch(g, lambda m, rule=rule: self.accept(g, rule, m))
+            if merged:
+                done += merged
+                g.refresh()
         for node in list(g.graph.node):
             if id(node) not in g.alive or not is_standard(node):
                 continue
@@ -149,8 +155,13 @@ class Walk:
     def try_rule(self, g: FusionGraph, rule: Rule, node: onnx.NodeProto) -> bool:
         """Match, check, rewrite one site; True when the graph changed."""
         m = rule.match(g, node)
-        if m is None:
+        if m is None or not self.accept(g, rule, m):
             return False
+        rule.rewrite(g, m)
+        return True
+
+    def accept(self, g: FusionGraph, rule: Rule, m) -> bool:
+        """Exclusions, preconditions and skip_sites for a matched site; records an accepted one."""
         if any(self._excluded(n) for n in m.nodes):
             return False
         reason = rule.check(g, m)
@@ -162,7 +173,6 @@ class Walk:
         if site in self.ctx.skip_sites:
             self.notes.append(f"site {site} skipped (skip_sites)")
             return False
-        rule.rewrite(g, m)
         self.stats[rule.name] += 1
         self.sites.append(site)
         log.debug("fused %s", site)

@@ -25,7 +25,7 @@ import onnx
 from networkx.utils import UnionFind
 
 from graphopt.ir import ConstantView, opset_version
-from graphopt.ir.subgraphs import outer_scope_names
+from graphopt.ir.subgraphs import subgraph_reads
 from graphopt.pruning.layout import Layout, Seg
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,4 @@ def _analyze_once(model: onnx.ModelProto, partitions: dict[str, set[int]]) -> Co
 def _implicit_reads(node: onnx.NodeProto) -> set[str]:
     if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
         return set()
-    fake = onnx.GraphProto()
-    fake.node.append(node)
-    return outer_scope_names(fake) | {n for n in node.input if n}
+    return subgraph_reads(node) | {n for n in node.input if n}
