@@ -5,7 +5,8 @@ standing in for `cleanup,fuse`): digits CNN (test accuracy), ResNet-18 at 112x11
 weights: output cosine vs float), all-MiniLM-L6-v2 (embedding cosine vs float on held-out
 sentences). Each quantization runs in its own subprocess so wall time and peak RSS
 (ru_maxrss) are its own. Latency: onnxruntime CPU, 1 intra-op thread, medians of
-interleaved runs. Usage: python benchmarks/quantize.py [--quick]
+interleaved runs. Usage: python benchmarks/quantize.py [--quick] [--only=minilm ...] (--only
+re-runs those models and keeps the other rows of benchmarks/results/quantize.md)
 """
 
 from __future__ import annotations
@@ -89,9 +90,18 @@ def worker(tool: str, name: str, method: str, out: str, extra: str) -> None:
     t0 = time.perf_counter()
     if tool == "graphopt":
         from graphopt.passes import PassContext, create_pass
+        from graphopt.targets import load_target
 
         options = {"calibration": method, **(json.loads(extra) if extra else {})}
-        result = create_pass("quantize", options).run(onnx.load(str(src)), PassContext(calibration_data=calib))
+        target = options.pop("target", "cpu")
+        if options.pop("flow", False):  # the whole default flow: optimize(passes="quantize")
+            import graphopt
+
+            spec = "quantize" + ("{" + ",".join(f"{k}={v}" for k, v in options.items()) + "}")
+            result = graphopt.optimize(str(src), passes=spec, target=target, calibration_data=calib, verify=False)
+        else:
+            result = create_pass("quantize", options).run(
+                onnx.load(str(src)), PassContext(target=load_target(target), calibration_data=calib))
         onnx.save(result.model, out)
     else:
         from onnxruntime import quantization as oq
@@ -136,14 +146,14 @@ def session(path, threads=1):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def quality(name, ref, cand, evals) -> float:
+def quality(name, ref, cand, evals, mean=False) -> float:
     if name == "digits_cnn":
         labels = __import__("models.zoo", fromlist=["x"]).digits_data("test")["label"]
         return float((cand.run(None, evals[0])[0].argmax(1) == labels).mean() * 100)
     a = np.concatenate([ref.run(None, f)[0].reshape(len(next(iter(f.values()))), -1) for f in evals])
     b = np.concatenate([cand.run(None, f)[0].reshape(len(next(iter(f.values()))), -1) for f in evals])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    return float(cos.min())
+    return float(cos.mean() if mean else cos.min())
 
 
 def latency(sessions: list, feed: dict, rounds: int) -> list[float]:
@@ -178,11 +188,32 @@ def bench(name: str, runs: list[tuple], rounds: int) -> list[str]:
             rows.append(f"| {name} | {tool} {tag} | {method} | error: {info['error']} | | | |")
             continue
         q = quality(name, ref, sessions[k], evals)
-        rows.append(f"| {name} | {tool} {tag} | {method} | {q:.4f} | {info['seconds']:.2f} | {info['peak_mb']} "
+        shown = f"{q:.4f}"
+        if name == "minilm":  # per-sentence minimum, and the mean in brackets
+            shown += f" ({quality(name, ref, sessions[k], evals, mean=True):.4f})"
+        rows.append(f"| {name} | {tool} {tag} | {method} | {shown} | {info['seconds']:.2f} | {info['peak_mb']} "
                     f"| {lat[0] / lat[k]:.2f} |")
         k += 1
     print("\n".join(rows), flush=True)
     return [f"{metric} for {name}"] + rows
+
+
+def _merged(old: list[str], new: list[str], models: list[str]) -> list[str]:
+    """`old` with the table rows (and comment) of `models` replaced by those in `new`."""
+    def mine(line, name):
+        return line.startswith(f"| {name} |") or line == f"<!-- min cosine for {name} -->" \
+            or (line.startswith("<!--") and line.endswith(f"for {name} -->"))
+
+    head = [line for line in new if not line.startswith("Notes") and not line.startswith("- ")]
+    table = [line for line in old if line.startswith("|") or line.startswith("<!--")]
+    for name in models:
+        rows = [line for line in new if mine(line, name)]
+        at = next((i for i, line in enumerate(table) if mine(line, name)), len(table))
+        table = [line for line in table if not mine(line, name)]
+        table[at:at] = rows
+    top = head[:head.index(next(line for line in head if line.startswith("|")))]
+    notes = new[new.index(NOTES[0]):]
+    return top + table + [""] + notes
 
 
 def main(argv: list[str]) -> int:
@@ -190,6 +221,7 @@ def main(argv: list[str]) -> int:
         worker(*argv[1:6])
         return 0
     quick = "--quick" in argv
+    only = [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]
     plan = {
         "digits_cnn": [("graphopt", "minmax", "static", None), ("ort", "minmax", "static", None),
                        ("graphopt", "percentile", "static", None), ("ort", "percentile", "static", None)],
@@ -198,10 +230,14 @@ def main(argv: list[str]) -> int:
         "minilm": [("graphopt", "minmax", "static", None), ("ort", "minmax", "static", None),
                    ("ort", "minmax", "static-matmul", {"op_types_to_quantize": ["MatMul"]}),
                    ("graphopt", "mse", "static", None),
+                   ("graphopt", "minmax", "static-flow", {"flow": True}),
+                   ("graphopt", "minmax", "static-nosmooth", {"smooth_alpha": 0.0}),
                    ("ort", "minmax", "dynamic", {"dynamic": True})],
     }
     if quick:
         plan = {"digits_cnn": plan["digits_cnn"][:2]}
+    if only:
+        plan = {k: v for k, v in plan.items() if k in only}
     lines = ["# quantize benchmark: graphopt vs onnxruntime.quantization", "",
              f"onnxruntime {ort.__version__}; latency at 1 intra-op thread, medians of interleaved runs; "
              "quantize time and peak RSS per run in a fresh subprocess (2-core shared machine, noisy).",
@@ -211,13 +247,15 @@ def main(argv: list[str]) -> int:
              "|---|---|---|---|---|---|---|"]
     for name, runs in plan.items():
         try:
-            out = bench(name, runs, rounds=30 if name != "minilm" else 15)
+            out = bench(name, runs, rounds=30 if name != "minilm" else 40)
         except Exception as err:  # a missing model must not hide the other results
             out = [f"{name}: skipped ({err})"]
         lines += [r for r in out if r.startswith("|")]
         lines += [f"<!-- {r} -->" for r in out if not r.startswith("|")]
     lines += ["", *NOTES]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if only and RESULTS.exists():  # keep the other models' rows of the last full run
+        lines = _merged(RESULTS.read_text().splitlines(), lines, list(plan))
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS}")
     return 0

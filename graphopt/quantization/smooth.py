@@ -6,13 +6,19 @@ spends its 256 levels on those channels and the others lose most of their precis
 (6-11 % relative error on all-MiniLM-L6-v2's FFN inputs). For X @ W, with a per-input-
 channel factor s_j,
 
-    X @ W = (X diag(1/s)) @ (diag(s) W),    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
+    X @ W = (X diag(1/s)) @ (diag(s) W)
 
-(Xiao et al., SmoothQuant, 2023) flattens X's channels and hands the spread to the
-weights, whose scales are per output channel anyway. The float model is unchanged up to
-round-off. The division is an explicit Mul on the quantized branch only (other readers of
-X, e.g. the residual Add, still read X), which onnxruntime runs as one cheap elementwise
-op before the QuantizeLinear.
+hands part of the spread to the weights, whose scales are per output channel anyway
+(Xiao et al., SmoothQuant, 2023). The factor used here only shrinks the outlier channels:
+
+    s_j = max(1, (amax_j / median_k amax_k) ^ alpha)
+
+SmoothQuant's own s_j = amax_j^alpha / wmax_j^(1-alpha) also grows channels whose weight
+rows are small, which then dominate their weight columns' int8 scales: on MiniLM it gave
+held-out cosine 0.991 at alpha 0.5 and 0.968 at 0.4, against 0.996 for the form above
+(no smoothing: 0.987). The float model is unchanged up to round-off. The division is an
+explicit Mul on the quantized branch only (other readers of X, e.g. the residual Add,
+still read X), which onnxruntime runs as one cheap elementwise op before the Q.
 
 Only tensors whose channel spread max_j(amax_j) / median_j(amax_j) reaches `min_ratio`
 are smoothed; all constant-weight MatMul / Gemm readers of one tensor share one factor.
@@ -48,6 +54,14 @@ def _weight_layout(node: onnx.NodeProto, w: np.ndarray | None) -> int | None:
         attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
         return 1 if attrs.get("transB") else 0
     return None
+
+
+def factors(amax: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
+    """Per-channel s_j = max(1, (amax_j / median amax)^alpha): only outlier channels shrink.
+
+    `wmax` (the weight rows' max |w|) is not used: see the module docstring."""
+    a = np.maximum(np.asarray(amax, np.float64), EPS)
+    return np.maximum(1.0, (a / np.median(a)) ** alpha).astype(np.float32)
 
 
 def candidates(model: onnx.ModelProto, plan: Plan) -> dict[str, list[int]]:
@@ -125,8 +139,7 @@ def apply_smoothing(model: onnx.ModelProto, plan: Plan, feeds: list[dict], alpha
         if not weights:
             continue
         wmax = np.max([np.abs(w).max(axis=1 - axis) for _, w, axis in weights], axis=0)
-        s = np.maximum(a, EPS) ** alpha / np.maximum(wmax, EPS) ** (1.0 - alpha)
-        s = (s / np.exp(np.mean(np.log(s)))).astype(np.float32)  # overall level is free: keep it ~1
+        s = factors(a, wmax, alpha)
         inv = fresh(f"{tensor}_smooth_scale")
         graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
         out = fresh(f"{tensor}_smoothed")
