@@ -81,14 +81,9 @@ def channel_maxima(model: onnx.ModelProto, feeds: list[dict], tensors: list[str]
     """max |x| per last-axis channel of each tensor over all feeds (one onnxruntime run)."""
     if not tensors or not feeds:
         return {}
-    from graphopt.verify.runner import make_session
+    from graphopt.calibration.collector import exposing_session
 
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                                for t in tensors if t not in present)
-    session = make_session(exposed)
+    session = exposing_session(model, tensors)
     wanted = {i.name for i in session.get_inputs()}
     amax: dict[str, np.ndarray] = {}
     for feed in feeds:
