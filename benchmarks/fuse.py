@@ -173,6 +173,18 @@ def bench_model(name: str, path: Path, tools: list[str], rounds: int, latency: b
     return row
 
 
+def bloated(row: dict, tool: str) -> bool:
+    """The output file grew past 10x the input (and by over 1 MiB): generator weights were folded,
+    which the lossless contract forbids (issue: a 9 KB VGG-19 must not become 513 MB)."""
+    r, size = row.get(tool, {}), row["input"]["bytes"]
+    return "bytes" in r and r["bytes"] > max(10 * size, size + 2**20)
+
+
+def comparable(row: dict, tool: str) -> bool:
+    r = row.get(tool)
+    return isinstance(r, dict) and "nodes" in r and bool(r.get("preserved")) and not bloated(row, tool)
+
+
 def fmt_tool(row: dict, tool: str, best: int) -> str:
     r = row.get(tool)
     if r is None:
@@ -185,6 +197,8 @@ def fmt_tool(row: dict, tool: str, best: int) -> str:
         text += f" (outputs differ {r.get('rel_error', float('inf')):.1e})"
     if not r.get("valid", True):
         text += " (checker fails)"
+    if bloated(row, tool):
+        text += f" (file x{r['bytes'] / row['input']['bytes']:.0f})"
     return text
 
 
@@ -198,16 +212,19 @@ def markdown(rows: list[dict], tools: list[str], rounds: int, latency: bool) -> 
     lines = ["# Lossless simplification: graphopt `cleanup,fuse` vs other tools", "",
              f"onnxruntime {ort.__version__}, onnx {onnx.__version__}; latency: 1 intra-op thread, "
              f"1 inter-op thread, median of {rounds} interleaved runs, batch from synthesized inputs. "
-             "Bold: fewest nodes; in brackets: nodes without Constant/ConstantOfShape generators (folding "
-             "a generator into an initializer lowers the count but grows the file). 'outputs differ': max error over each output's max |value| exceeds "
+             "graphopt runs for the `cpu` target (onnxruntime CPU, which opts into com.microsoft contrib ops, "
+             "as onnxsim's output uses them). "
+             "Bold: fewest nodes among outputs that preserve the outputs and do not bloat the file; in brackets: "
+             "nodes without Constant/ConstantOfShape generators (folding a generator into an initializer lowers the "
+             "count but grows the file: '(file xN)' marks outputs over 10x the input's size, not counted for "
+             "'fewest'). 'outputs differ': max error over each output's max |value| exceeds "
              "1e-5 and onnxruntime's own ORT_ENABLE_ALL drift on that model.", "",
              "## Node counts (main graph)", "",
              "| model | input | " + " | ".join(tools) + " |", "|---" * (len(tools) + 2) + "|"]
     skipped = [r for r in rows if "skipped" in r]
     rows = [r for r in rows if "skipped" not in r]
     for row in rows:
-        counts = [row[t]["nodes"] for t in tools if isinstance(row.get(t), dict) and "nodes" in row[t]
-                  and row[t].get("preserved")]
+        counts = [row[t]["nodes"] for t in tools if comparable(row, t)]
         best = min(counts) if counts else -1
         lines.append(f"| {row['model']} | {row['input']['nodes']} ({row['input']['compute_nodes']}) | "
                      + " | ".join(fmt_tool(row, t, best) for t in tools) + " |")
@@ -238,10 +255,10 @@ def summary(rows: list[dict], tools: list[str]) -> str:
     ours = "graphopt"
     fewest = fewest_compute = broken = slower = 0
     for row in rows:
-        counts = [row[t]["nodes"] for t in tools if isinstance(row.get(t), dict) and row[t].get("preserved")]
+        counts = [row[t]["nodes"] for t in tools if comparable(row, t)]
         compute = [row[t]["compute_nodes"] for t in tools if isinstance(row.get(t), dict) and row[t].get("preserved")]
         mine = row.get(ours, {})
-        if mine.get("preserved") and counts and mine["nodes"] <= min(counts):
+        if comparable(row, ours) and counts and mine["nodes"] <= min(counts):
             fewest += 1
         if mine.get("preserved") and compute and mine["compute_nodes"] <= min(compute):
             fewest_compute += 1
@@ -253,7 +270,8 @@ def summary(rows: list[dict], tools: list[str]) -> str:
                 slower += 1
     ratios = [row[ours]["nodes"] / row["input"]["nodes"] for row in rows
               if row.get(ours, {}).get("nodes") and row["input"]["nodes"]]
-    return (f"Summary: graphopt has the fewest nodes (or ties) on {fewest}/{len(rows)} models, the fewest "
+    return (f"Summary: graphopt has the fewest nodes (or ties; outputs that bloat the file not counted) on "
+            f"{fewest}/{len(rows)} models, the fewest "
             f"compute nodes on {fewest_compute}/{len(rows)}, "
             f"breaks {broken}, is >10% slower than the input at some level on {slower} model-levels; "
             f"median node ratio output/input {statistics.median(ratios):.2f}." if ratios else "Summary: no rows.")
