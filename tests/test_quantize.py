@@ -393,3 +393,15 @@ def test_optimize_with_quantize_alone_folds_batchnorm_first():
     assert "contrib" not in result.report["passes"][1]["options"]["rules"]
     ops = _ops(result.model)
     assert "BatchNormalization" not in ops and ops["Conv"] == 1 and ops["QuantizeLinear"] == 2
+
+
+def test_smoothing_skips_inputs_inside_integer_chains():
+    from graphopt.ir import infer_shapes
+    from graphopt.quantization.placement import make_plan
+    from graphopt.quantization.smooth import candidates
+
+    cnn = infer_shapes(residual_model())  # ... MaxPool -> Flatten -> Gemm: one integer chain
+    assert candidates(cnn, make_plan(cnn, [], set(), True)) == {}
+    ffn = infer_shapes(transformer_ffn_model())  # Mul (float op) -> MatMul
+    assert list(candidates(ffn, make_plan(ffn, [], set(), True))) == ["h"]
+    assert "Mul" not in _ops(_quantize(residual_model()).model)

@@ -20,7 +20,8 @@ held-out cosine 0.991 at alpha 0.5 and 0.968 at 0.4, against 0.996 for the form 
 explicit Mul on the quantized branch only (other readers of X, e.g. the residual Add,
 still read X), which onnxruntime runs as one cheap elementwise op before the Q.
 
-Only tensors whose channel spread max_j(amax_j) / median_j(amax_j) reaches `min_ratio`
+Only tensors produced by float ops (LayerNorm, GELU: no integer kernel, so the Mul costs
+no fusion) and whose channel spread max_j(amax_j) / median_j(amax_j) reaches `min_ratio`
 are smoothed; all constant-weight MatMul / Gemm readers of one tensor share one factor.
 Per-channel maxima come from one onnxruntime run over the calibration feeds (memory:
 one vector per tensor).
@@ -67,11 +68,15 @@ def factors(amax: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
 def candidates(model: onnx.ModelProto, plan: Plan) -> dict[str, list[int]]:
     """Activation tensor -> quantized MatMul/Gemm nodes that read it with a constant weight."""
     constants = ConstantView(model.graph)
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    integer = set(plan.kinds) | set(plan.folds)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, kind in sorted(plan.kinds.items()):
         node = model.graph.node[i]
         if kind != "core" or node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
             continue
+        if producer.get(node.input[0]) in integer:
+            continue  # a float Mul there would break an integer chain (CNN: pool -> Flatten -> Gemm)
         if _weight_layout(node, constants.get(node.input[1])) is not None:
             groups[node.input[0]].append(i)
     return dict(groups)
