@@ -191,7 +191,7 @@ def fmt_tool(row: dict, tool: str, best: int) -> str:
         return "-"
     if "nodes" not in r:
         return f"fails ({r['error'][:40]})"
-    mark = "**" if r["nodes"] == best else ""
+    mark = "**" if r["nodes"] == best and comparable(row, tool) else ""
     text = f"{mark}{r['nodes']}{mark} ({r['compute_nodes']})"
     if not r.get("preserved"):
         text += f" (outputs differ {r.get('rel_error', float('inf')):.1e})"
