@@ -405,3 +405,14 @@ def test_smoothing_skips_inputs_inside_integer_chains():
     ffn = infer_shapes(transformer_ffn_model())  # Mul (float op) -> MatMul
     assert list(candidates(ffn, make_plan(ffn, [], set(), True))) == ["h"]
     assert "Mul" not in _ops(_quantize(residual_model()).model)
+
+
+def test_contrib_fused_conv_is_named_in_the_notes():
+    nodes = [helper.make_node("FusedConv", ["x", "w"], ["c"], domain="com.microsoft", activation="Relu"),
+             helper.make_node("Conv", ["c", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [tensor("x", ["N", 3, 8, 8])], [tensor("y", ["N", 4, 4, 4])],
+                              [numpy_helper.from_array(_w(8, 3, 3, 3), "w"), numpy_helper.from_array(_w(4, 8, 3, 3), "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    result = _quantize(model)
+    assert any("FusedConv" in n and "stay float" in n for n in result.notes)
+    assert "FusedConv" in _ops(result.model)  # left as it was

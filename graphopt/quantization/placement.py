@@ -42,6 +42,8 @@ CORE = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 REQUANT = {"Add", "Mul", "AveragePool", "GlobalAveragePool", "Concat"}
 SHARED = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize"}
 FOLDABLE = {"Relu", "Clip"}
+# onnxruntime contrib ops `fuse` makes for CPU targets that have no QDQ form (float kernels)
+CONTRIB_FLOAT = {"FusedConv", "FusedGemm", "FusedMatMul", "Attention", "MultiHeadAttention"}
 
 
 @dataclass
@@ -154,6 +156,11 @@ def make_plan(model: onnx.ModelProto, exclude: list[str], keep_float: set[int],
     plan = Plan()
     nodes = list(model.graph.node)
     kinds: dict[int, str] = {}
+    contrib = sorted({n.op_type for n in nodes if n.domain not in ("", "ai.onnx") and n.op_type in CONTRIB_FLOAT})
+    if contrib:
+        plan.notes.append(f"contrib nodes ({', '.join(contrib)}) have no integer kernel and stay float: run "
+                          "fuse without its contrib and attention families before quantize (the fuse a "
+                          "pipeline inserts for quantize does)")
     for i, node in enumerate(nodes):
         if node.domain not in ("", "ai.onnx"):
             continue
