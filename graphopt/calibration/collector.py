@@ -1,14 +1,27 @@
-"""One onnxruntime run over the calibration data, exposing every tensor that needs a range.
+"""One onnxruntime run over the calibration data, collecting every tensor that needs a range.
 
-The model is copied with the wanted tensors added as graph outputs, a single session is
-made, and each batch's outputs are folded into per-tensor TensorStats and dropped, so
-memory is bounded by tensors x bins, not by the number of samples. A tqdm bar is shown
-only when asked (ctx.progress) and stderr is a terminal.
+Two ways, one session each, both streaming (memory bounded by tensors x bins, never by
+the number of samples):
+
+* min/max only (bins=0): ReduceMin / ReduceMax / Size nodes are appended to the graph for
+  each tensor, so onnxruntime hands back three scalars per tensor instead of the tensor.
+  A tensor whose reduced min or max is not finite (-inf attention masks, NaN) is
+  collected again the second way, which skips non-finite values.
+* histograms (bins>0): the tensors are exposed as graph outputs and folded into
+  TensorStats as they come back.
+
+Graphs are never copied: the extra outputs (and nodes) are appended only while the model
+is serialized for onnxruntime and removed right after. Batches are split into runs of a
+few samples (axis 0 = samples, the data contract) so that the exposed tensors of one run
+stay near RUN_BUDGET bytes: a batch of 8 ResNet-18 images at 224 exposes ~140 MB, which
+onnxruntime and numpy each hold once. A tqdm bar is shown only when asked (ctx.progress)
+and stderr is a terminal.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import numpy as np
@@ -22,6 +35,9 @@ from graphopt.ir.io import serialize
 
 log = logging.getLogger(__name__)
 
+RUN_BUDGET = 32 << 20  # bytes of exposed tensors per onnxruntime run (histogram mode)
+REDUCE_PREFIX = "__graphopt_calib"
+
 
 def collect_statistics(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
                        tensors: list[str], bins: int = 0, progress: bool = False,
@@ -30,24 +46,150 @@ def collect_statistics(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]
     stats = {name: TensorStats(bins) for name in tensors}
     if not tensors or not feeds:
         return stats
-    session = exposing_session(model, tensors, threads)
-    wanted = {i.name for i in session.get_inputs()}
-    names = list(tensors)
-    for feed in _bar(feeds, progress):
-        values = session.run(names, {k: v for k, v in feed.items() if k in wanted})
-        for k, name in enumerate(names):
-            stats[name].update(values[k])
-            values[k] = None  # each output is freed once counted, not at the end of the batch
-    log.info("calibration: %d tensors over %d batches", len(names), len(feeds))
+    if bins:
+        _collect_exposed(model, feeds, list(tensors), stats, progress, threads)
+    else:
+        redo = _collect_reduced(model, feeds, list(tensors), stats, progress, threads)
+        if redo:
+            log.info("calibration: %d tensors with non-finite values collected in full", len(redo))
+            _collect_exposed(model, feeds, redo, stats, False, threads)
+    log.info("calibration: %d tensors over %d batches", len(tensors), len(feeds))
     return stats
 
 
-def exposing_session(model: onnx.ModelProto, tensors: list[str], threads: int = 0) -> ort.InferenceSession:
-    """A session whose outputs include `tensors`.
+# ------------------------------------------------------------------ histogram mode
+def _collect_exposed(model, feeds, names, stats, progress, threads) -> None:
+    session = exposing_session(model, names, threads)
+    runs = _Runs(session)
+    for feed in _bar(feeds, progress):
+        for values in runs.outputs(names, feed):
+            for k, name in enumerate(names):
+                stats[name].update(values[k])
+                values[k] = None  # each output is freed once counted, not at the end of the run
 
-    The outputs are appended to `model` only while it is serialized (and removed after),
-    so no copy of a possibly large model is made; the serialized bytes are dropped as
-    soon as onnxruntime has parsed them.
+
+class _Runs:
+    """Runs one feed as sub-batches whose exposed outputs stay near RUN_BUDGET bytes.
+
+    The first run takes one sample and measures the output bytes per sample (unless an
+    estimate is given); later runs take as many samples as fit. A model that refuses a smaller batch (a Reshape with the
+    batch size baked in) is run on whole feeds from then on.
+    """
+
+    def __init__(self, session: ort.InferenceSession, per_sample: float = 0.0):
+        self.session = session
+        inputs = session.get_inputs()
+        self.wanted = {i.name for i in inputs}
+        # a fixed leading dimension means the model was exported for one batch size
+        self.splittable = all(i.shape and not isinstance(i.shape[0], int) for i in inputs)
+        self.per_sample = per_sample
+
+    def outputs(self, names: list[str], feed: dict):
+        feed = {k: v for k, v in feed.items() if k in self.wanted}
+        n = _samples(feed) if self.splittable else 0
+        if n <= 1:
+            yield self.session.run(names, feed)
+            return
+        start = 0
+        while start < n:
+            step = 1 if not self.per_sample else max(1, int(RUN_BUDGET // self.per_sample))
+            part = {k: v[start:start + step] for k, v in feed.items()}
+            try:
+                values = self.session.run(names, part)
+            except Exception:  # noqa: BLE001 - any refusal of the sub-batch: use whole feeds
+                if self.per_sample:
+                    raise
+                self.splittable = False
+                yield self.session.run(names, feed)
+                return
+            taken = min(step, n - start)
+            if not self.per_sample:  # measured on the first run (exposed tensors)
+                self.per_sample = max(sum(getattr(v, "nbytes", 0) for v in values) / taken, 1.0)
+            start += taken
+            yield values
+
+
+def _samples(feed: dict) -> int:
+    """Samples in a feed (shared axis-0 length of every array), 0 if it cannot be split."""
+    sizes = {np.shape(v)[0] if np.ndim(v) else -1 for v in feed.values()}
+    if len(sizes) != 1:
+        return 0
+    return max(sizes.pop(), 0)
+
+
+# ------------------------------------------------------------------ min/max mode
+def _collect_reduced(model, feeds, names, stats, progress, threads) -> list[str]:
+    """min/max/count of every tensor from in-graph reductions; returns the tensors whose
+    reduced values were not finite (their stats are left empty)."""
+    session, outputs = _reducing_session(model, names, threads)
+    # the tensors stay inside onnxruntime: split runs by their size from the inferred shapes
+    # (an unknown size means whole feeds, as before)
+    per_sample = _bytes_per_sample(model, names)
+    runs = _Runs(session, per_sample)
+    runs.splittable = runs.splittable and per_sample > 0
+    lo = np.full(len(names), np.inf)
+    hi = np.full(len(names), -np.inf)
+    count = np.zeros(len(names), dtype=np.int64)
+    for feed in _bar(feeds, progress):
+        for values in runs.outputs(outputs, feed):
+            mins, maxs, sizes = values[0::3], values[1::3], values[2::3]
+            for k in range(len(names)):
+                if sizes[k]:
+                    lo[k] = min(lo[k], float(mins[k]))
+                    hi[k] = max(hi[k], float(maxs[k]))
+                    count[k] += int(sizes[k])
+    redo = []
+    for k, name in enumerate(names):
+        if count[k] and not (math.isfinite(lo[k]) and math.isfinite(hi[k])):
+            redo.append(name)
+        elif count[k]:
+            stats[name].merge_range(float(lo[k]), float(hi[k]), int(count[k]))
+    return redo
+
+
+def _bytes_per_sample(model: onnx.ModelProto, names: list[str]) -> float:
+    """Float32 bytes per sample of the named tensors whose inferred shapes are known past
+    axis 0 (0.0 when none is)."""
+    graph = model.graph
+    infos = {v.name: v for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    total = 0
+    for name in names:
+        info = infos.get(name)
+        dims = info.type.tensor_type.shape.dim if info is not None else []
+        if len(dims) >= 1 and all(d.HasField("dim_value") for d in dims[1:]):
+            total += 4 * math.prod(d.dim_value for d in dims[1:])
+    return float(total)
+
+
+def _reducing_session(model: onnx.ModelProto, names: list[str], threads: int):
+    """A session returning ReduceMin, ReduceMax and Size of each tensor in `names`."""
+    nodes, outputs = [], []
+    for k, name in enumerate(names):
+        for op in ("ReduceMin", "ReduceMax", "Size"):
+            out = f"{REDUCE_PREFIX}_{op}_{k}"
+            attrs = {"keepdims": 0} if op != "Size" else {}  # no axes: reduce over all
+            nodes.append(helper.make_node(op, [name], [out], name=out, **attrs))
+            outputs.append(out)
+    types = [TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.INT64] * len(names)
+    infos = [helper.make_tensor_value_info(o, t, []) for o, t in zip(outputs, types)]
+    return _session_with(model, nodes, infos, threads), outputs
+
+
+# ------------------------------------------------------------------ sessions
+def exposing_session(model: onnx.ModelProto, tensors: list[str], threads: int = 0) -> ort.InferenceSession:
+    """A session whose outputs include `tensors` (without copying `model`)."""
+    present = {o.name for o in model.graph.output}
+    infos = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+             for name in tensors if name not in present]
+    return _session_with(model, [], infos, threads)
+
+
+def _session_with(model: onnx.ModelProto, nodes: list, outputs: list, threads: int) -> ort.InferenceSession:
+    """A session on `model` plus `nodes` and graph `outputs`.
+
+    They are appended to `model` only while it is serialized (and removed after), so no
+    copy of a possibly large model is made; the serialized bytes are dropped as soon as
+    onnxruntime has parsed them.
     """
     options = ort.SessionOptions()
     options.log_severity_level = 4
@@ -60,21 +202,19 @@ def exposing_session(model: onnx.ModelProto, tensors: list[str], threads: int = 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
-    graph_outputs = model.graph.output
-    kept = len(graph_outputs)
-    present = {o.name for o in graph_outputs}
-    graph_outputs.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-                         for name in tensors if name not in present)
+    graph = model.graph
+    kept_nodes, kept_outputs = len(graph.node), len(graph.output)
+    graph.node.extend(nodes)
+    graph.output.extend(outputs)
     try:
-        data = serialize(model)
+        data, path = serialize(model), None
     except (ValueError, EncodeError):  # over protobuf's 2 GB: weights go to an external file
-        data = None
-        path = _external_copy(model)
+        data, path = None, _external_copy(model)
     finally:
-        del graph_outputs[kept:]
-    if data is None:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        del graph.node[kept_nodes:]
+        del graph.output[kept_outputs:]
+    source = data if data is not None else str(path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _external_copy(model: onnx.ModelProto):

@@ -65,6 +65,12 @@ class TensorStats:
             self._grow(max(-lo, hi))
             self._add(x)
 
+    def merge_range(self, lo: float, hi: float, count: int) -> None:
+        """Fold in the finite min / max / element count of values seen elsewhere (min/max
+        statistics reduced inside the graph); histograms, if any, are not touched."""
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.count += count
+
     def _grow(self, magnitude: float) -> None:
         if self.range == 0.0:
             # floor 1e-30: bins / R must stay finite in float32
