@@ -76,12 +76,12 @@ class Quantize(Pass):
         percentile: float = option(99.99, "percent of values kept by calibration=percentile", low=50.0, high=100.0)
         num_bins: int = option(2048, "histogram bins per tensor (percentile, entropy, mse)", low=16, high=1 << 20)
         max_samples: int = option(0, "calibrate on at most this many samples (0: all)", low=0)
-        per_channel: bool = option(True, "per-output-channel weight scales (Conv/Gemm/MatMul)")
+        per_channel: bool = option(True, "per-output-channel weight scales (Conv/Gemm/MatMul); target default")
         activation_type: str = option("uint8", "activation dtype (uint8 runs ~2x faster than int8 "
-                                      "in onnxruntime on x86)", ("uint8", "int8"))
+                                      "in onnxruntime on x86); target default", ("uint8", "int8"))
         symmetric_activations: bool = option(False, "symmetric activation ranges (zero point 0/128); "
-                                             "disables ReLU folding")
-        weight_type: str = option("int8", "weight dtype; int4 is block-wise (opset 21)", ("int8", "int4"))
+                                             "disables ReLU folding; target default")
+        weight_type: str = option("int8", "weight dtype; int4 is block-wise (opset 21); target default", ("int8", "int4"))
         block_size: int = option(32, "int4 block size along the reduction axis", low=16)
         exclude: list[str] = option([], "node names, op types or regexes (on names) kept in float", regex=True)
         min_cosine: float = option(0.0, "mixed precision: keep the most sensitive layers in float until "
