@@ -120,3 +120,31 @@ def test_digits_transformer_attention_fused_outputs_equal():
     ref, got = run_model(before, feeds), run_model(result.model, feeds)
     for key, value in ref.items():
         assert allclose_relative([value], [got[key]])[0]
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("mask_shape", [None, (B, 1, 1, S)])
+def test_standard_attention_with_upgrade_opset(cross, mask_shape):
+    model = _attention_model(mask_shape=mask_shape, cross=cross)
+    before, result = _fuse(model, upgrade_opset=True)
+    ops = _ops(result.model)
+    assert ops["Attention"] == 1 and "Softmax" not in ops and "Transpose" not in ops
+    assert ops["MatMul"] == 3  # the projections stay: standard Attention takes projected q, k, v
+    node = next(n for n in result.model.graph.node if n.op_type == "Attention")
+    assert node.domain == "" and len(node.input) == (4 if mask_shape else 3)
+    assert result.stats["opset_upgraded_to"] == 23
+    assert result.model.ir_version == onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", 23)])
+    onnx.checker.check_model(result.model, full_check=True)
+    feeds = {"x": RNG.standard_normal(SHAPES["x"]).astype(np.float32),
+             "mem": RNG.standard_normal(SHAPES["mem"]).astype(np.float32)}
+    if mask_shape:
+        feeds["mask"] = np.where(RNG.random(mask_shape) < 0.3, -1e4, 0.0).astype(np.float32)
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in before.graph.input}}
+    ref, got = run_model(before, feeds), run_model(result.model, feeds)
+    assert allclose_relative([ref["y"]], [got["y"]])[0]
+
+
+def test_standard_attention_needs_opset23_or_the_flag():
+    before, result = _fuse(_attention_model())
+    assert "Attention" not in _ops(result.model)
+    assert any("opset 17 < 23" in n for n in result.notes)

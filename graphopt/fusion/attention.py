@@ -57,29 +57,29 @@ def _projection(g: FusionGraph, name: str):
 
 
 def _heads(g: FusionGraph, transpose, perm: list[int]):
-    """(projection, heads, head size, nodes) of Transpose(Reshape(projection, [., ., H, D]), perm)."""
+    """(source, heads, head size, nodes) of Transpose(Reshape(source, [., ., H, D]), perm), source
+    a rank-3 (B, S, H*D) tensor."""
     if not _perm_is(transpose, perm):
         return None
     reshape = g.producer(transpose.input[0], "Reshape")
     if reshape is None or not g.is_const(reshape.input[1]):
         return None
     target = g.value(reshape.input[1]).reshape(-1).tolist()
-    proj = _projection(g, reshape.input[0])
-    if proj is None or len(target) != 4 or target.count(-1) > 1 or 0 in target[2:]:
+    shape = g.shape(reshape.input[0])
+    if shape is None or len(shape) != 3 or len(target) != 4 or target.count(-1) > 1 or 0 in target[2:]:
         return None
-    width = g.shape(proj[1])[-1]
-    if -1 in target[2:]:  # [., ., -1, D] or [., ., H, -1]: the projection width decides
+    width = shape[2]
+    if -1 in target[2:]:  # [., ., -1, D] or [., ., H, -1]: the source width decides
         known = target[3] if target[2] == -1 else target[2]
-        if known <= 0 or width % known:
+        if width is None or known <= 0 or width % known:
             return None
         target[target.index(-1)] = width // known
-    x_shape = g.shape(proj[0])
-    if x_shape is None or len(x_shape) != 3 or min(target[2:]) <= 0:
+    if min(target[2:]) <= 0 or (width is not None and width != target[2] * target[3]):
         return None
-    for got, dim in zip(target[:2], x_shape[:2]):
+    for got, dim in zip(target[:2], shape[:2]):
         if got not in (0, -1) and got != dim:
             return None
-    return proj, target[2], target[3], [transpose, reshape] + proj[3]
+    return reshape.input[0], target[2], target[3], [transpose, reshape]
 
 
 def _scaled_scores(g: FusionGraph, name: str):
@@ -105,9 +105,8 @@ def _scaled_scores(g: FusionGraph, name: str):
     return node, scale, scale_nodes, bias, bias_nodes
 
 
-def match_attention(g: FusionGraph, out) -> Match | None:
-    if not _target_allows(g):
-        return None
+def match_core(g: FusionGraph, out) -> Match | None:
+    """Scaled-dot-product attention from the head splits to the output Reshape (anchor)."""
     back = g.producer(out.input[0], "Transpose")
     context = g.producer(back.input[0], "MatMul") if _perm_is(back, HEADS_PERM) else None
     softmax = g.producer(context.input[0], "Softmax") if context is not None else None
@@ -124,6 +123,20 @@ def match_attention(g: FusionGraph, out) -> Match | None:
     nodes = [out, back, context, softmax] + bias_nodes + scale_nodes + [qk]
     nodes += [n for p in parts.values() for n in p[3]]
     return Match(nodes, {"parts": parts, "scale": scale, "bias": bias, "softmax": softmax, "qk": qk})
+
+
+def match_attention(g: FusionGraph, out) -> Match | None:
+    if not _target_allows(g):
+        return None
+    m = match_core(g, out)
+    if m is None:
+        return None
+    projections = {key: _projection(g, part[0]) for key, part in m["parts"].items()}
+    if any(p is None for p in projections.values()):
+        return None
+    m.data["projections"] = projections
+    m.nodes += [n for p in projections.values() for n in p[3]]
+    return m
 
 
 def _restores_tokens(g: FusionGraph, out, x: str, width: int) -> bool:
@@ -146,29 +159,18 @@ def _bias_fits(g: FusionGraph, bias: str, scores: str) -> bool:
     return lead and all(a is not None and a == b for a, b in zip(shape[2:], full[2:]))
 
 
-def check_attention(g: FusionGraph, m: Match) -> str | None:
-    where = f"attention at {m.anchor.name!r} not fused"
-    (x, *_), heads, size, _ = m["parts"]["q"]
-    for key, (proj, h, d, _) in m["parts"].items():
-        if proj[0] != x:
-            return f"{where}: {key} projection reads another input (not self-attention)"
-        if (h, d) != (heads, size):
-            return f"{where}: {key} heads {h}x{d} differ from q's {heads}x{size}"
-        weight = g.value(proj[1])
-        if weight.ndim != 2 or weight.shape[1] != heads * size:
-            return f"{where}: {key} weight {weight.shape} is not (hidden, {heads * size})"
-        if proj[2] is not None and g.value(proj[2]).shape != (heads * size,):
-            return f"{where}: {key} bias is not a ({heads * size},) vector"
-    if g.dtype(x) != 1 or g.rank(x) != 3:
-        return f"{where}: input is not a rank-3 float32 tensor"
+def _core_reason(g: FusionGraph, m: Match, where: str) -> str | None:
+    """Preconditions shared by both rewrites (the q source is the token tensor x)."""
+    x = m["parts"]["q"][0]
     if attr(m["softmax"], "axis", -1 if g.opset >= 13 else 1) not in (-1, 3):
         return f"{where}: Softmax is not over the last axis"
-    if not _restores_tokens(g, m.anchor, x, heads * size):
-        return f"{where}: the output reshape is not (batch, sequence, {heads * size})"
-    if m["bias"] is not None:
-        if g.dtype(m["bias"]) != 1 or g.rank(m["bias"]) not in (None, 4):
-            return f"{where}: additive mask is not a rank-4 float32 tensor"
-        m.data["expand_bias"] = not _bias_fits(g, m["bias"], m["qk"].output[0])
+    heads, size = m["parts"]["q"][1:3]
+    if m["parts"]["k"][1:3] != (heads, size):
+        return f"{where}: key heads {m['parts']['k'][1:3]} differ from the query's {(heads, size)}"
+    if not _restores_tokens(g, m.anchor, x, heads * m["parts"]["v"][2]):
+        return f"{where}: the output reshape is not (batch, sequence, heads * head size)"
+    if m["bias"] is not None and (g.dtype(m["bias"]) not in (1, 10, 16) or g.rank(m["bias"]) not in (None, 4)):
+        return f"{where}: additive mask is not a rank-4 float tensor"
     inside = {id(n) for n in m.nodes}
     for node in m.nodes[1:]:
         if node.output[0] in g.outputs or any(id(u) not in inside for u in g.users(node.output[0])):
@@ -176,30 +178,58 @@ def check_attention(g: FusionGraph, m: Match) -> str | None:
     return None
 
 
-def _full_bias(g: FusionGraph, bias: str, x: str, before) -> str:
-    """Expand(bias, [1, 1, S, S]) with S = x.shape[1]: Attention wants the bias's last dims
-    in full, while the original Add may have broadcast them. Built once per (bias, x)."""
-    key = ("attention_bias", bias)
+def check_attention(g: FusionGraph, m: Match) -> str | None:
+    where = f"attention at {m.anchor.name!r} not fused to com.microsoft Attention"
+    reason = _core_reason(g, m, where)
+    if reason:
+        return reason
+    x = m["projections"]["q"][0]
+    heads, size = m["parts"]["q"][1:3]
+    for key, proj in m["projections"].items():
+        if proj[0] != x:
+            return f"{where}: {key} projection reads another input (not self-attention)"
+        if m["parts"][key][1:3] != (heads, size):
+            return f"{where}: {key} heads {m['parts'][key][1:3]} differ from q's {(heads, size)}"
+        weight = g.value(proj[1])
+        if weight.ndim != 2 or weight.shape[1] != heads * size:
+            return f"{where}: {key} weight {weight.shape} is not (hidden, {heads * size})"
+        if proj[2] is not None and g.value(proj[2]).shape != (heads * size,):
+            return f"{where}: {key} bias is not a ({heads * size},) vector"
+    if g.dtype(x) != 1 or g.rank(x) != 3:
+        return f"{where}: input is not a rank-3 float32 tensor"
+    if m["bias"] is not None:
+        if g.dtype(m["bias"]) != 1:
+            return f"{where}: additive mask is not float32"
+        m.data["expand_bias"] = not _bias_fits(g, m["bias"], m["qk"].output[0])
+    return None
+
+
+def _full_bias(g: FusionGraph, bias: str, queries: str, keys: str, before) -> str:
+    """Expand(bias, [1, 1, S, T]) with S = queries.shape[1], T = keys.shape[1]: onnxruntime's
+    attention kernels want the mask's last two dims in full, while the Add they replace may
+    have broadcast them. Built once per (bias, queries, keys) and shared by every layer."""
+    key = ("attention_bias", bias, queries, keys)
     if key in g.memo and g.memo[key] in g._names:
         return g.memo[key]
-    shape = g.fresh(f"{bias}_shape")
-    seq = g.fresh(f"{bias}_seq")
-    target = g.fresh(f"{bias}_target")
-    full = g.fresh(f"{bias}_full")
     ones = g.add_constant(np.ones(2, np.int64), f"{bias}_ones", before=before)
     index = g.add_constant(np.array([1], np.int64), f"{bias}_index", before=before)
-    for node in (g.make_node("Shape", [x], [shape], "attention_fused", shape),
-                 g.make_node("Gather", [shape, index], [seq], "attention_fused", seq, axis=0),
-                 g.make_node("Concat", [ones, seq, seq], [target], "attention_fused", target, axis=0),
-                 g.make_node("Expand", [bias, target], [full], "attention_fused", full)):
-        g.insert_before(node, before)
+    lengths = []
+    for source in dict.fromkeys((queries, keys)):
+        shape, length = g.fresh(f"{bias}_shape"), g.fresh(f"{bias}_len")
+        g.insert_before(g.make_node("Shape", [source], [shape], "attention_fused", shape), before)
+        g.insert_before(g.make_node("Gather", [shape, index], [length], "attention_fused", length, axis=0), before)
+        lengths.append(length)
+    target, full = g.fresh(f"{bias}_target"), g.fresh(f"{bias}_full")
+    g.insert_before(g.make_node("Concat", [ones, lengths[0], lengths[-1]], [target], "attention_fused", target,
+                                axis=0), before)
+    g.insert_before(g.make_node("Expand", [bias, target], [full], "attention_fused", full), before)
     g.memo[key] = full
     return full
 
 
 def rewrite_attention(g: FusionGraph, m: Match) -> None:
     out = m.anchor
-    parts = [m["parts"][key][0] for key in ("q", "k", "v")]
+    parts = [m["projections"][key] for key in ("q", "k", "v")]
     x = parts[0][0]
     weight = np.concatenate([g.value(p[1]) for p in parts], axis=1)
     bias = np.concatenate([g.value(p[2]).reshape(-1) if p[2] is not None else np.zeros(weight.shape[1] // 3)
@@ -208,7 +238,7 @@ def rewrite_attention(g: FusionGraph, m: Match) -> None:
     inputs = [x, g.add_constant(weight, f"{base}_qkv_weight", before=out),
               g.add_constant(bias, f"{base}_qkv_bias", before=out)]
     if m["bias"] is not None:
-        bias_name = _full_bias(g, m["bias"], x, out) if m["expand_bias"] else m["bias"]
+        bias_name = _full_bias(g, m["bias"], x, x, out) if m["expand_bias"] else m["bias"]
         inputs += ["", "", bias_name]
     node = g.make_node("Attention", inputs, [out.output[0]], "attention_fused", base, domain=DOMAIN,
                        num_heads=int(m["parts"]["q"][1]), scale=float(m["scale"]))
@@ -217,6 +247,33 @@ def rewrite_attention(g: FusionGraph, m: Match) -> None:
     g.remove(*m.nodes)
 
 
+def check_standard(g: FusionGraph, m: Match) -> str | None:
+    where = f"attention at {m.anchor.name!r} not fused to Attention"
+    if not g.opset_allows(23):
+        return f"{where}: opset {g.opset} < 23 (upgrade_opset=true allows it)"
+    if not g.supports("Attention"):
+        return f"{where}: target lacks Attention"
+    if any(g.dtype(m["parts"][key][0]) not in (1, 10, 16) for key in "qkv"):
+        return f"{where}: q/k/v are not float tensors"
+    return _core_reason(g, m, where)
+
+
+def rewrite_standard(g: FusionGraph, m: Match) -> None:
+    """ONNX Attention (opset 23) on 3-D q/k/v: it splits and merges the heads itself."""
+    g.needed_opset = max(g.needed_opset, 23)
+    out, parts = m.anchor, m["parts"]
+    inputs = [parts[key][0] for key in "qkv"]
+    if m["bias"] is not None:
+        fits = _bias_fits(g, m["bias"], m["qk"].output[0])
+        inputs.append(m["bias"] if fits else _full_bias(g, m["bias"], inputs[0], inputs[1], out))
+    node = g.make_node("Attention", inputs, [out.output[0]], "attention_fused", out.name or out.output[0],
+                       q_num_heads=int(parts["q"][1]), kv_num_heads=int(parts["k"][1]), scale=float(m["scale"]))
+    g.insert_before(node, out)
+    g.remove(*m.nodes)
+
+
 RULES = [Rule("attention_fused", ("Reshape",), match_attention, check_attention, rewrite_attention,
               "Q/K/V projections + scaled-dot-product attention to com.microsoft Attention "
-              "(targets with that contrib domain)")]
+              "(targets with that contrib domain)"),
+         Rule("attention_fused", ("Reshape",), match_core, check_standard, rewrite_standard,
+              "scaled-dot-product attention to Attention (opset 23; upgrade_opset=true allows it)")]

@@ -164,7 +164,7 @@ class FusionGraph:
 
     def opset_allows(self, version: int) -> bool:
         """The model's opset has ops of `version`, or the user allowed upgrading to it."""
-        return self.opset >= version or (self.upgrade_opset and version <= 21)
+        return self.opset >= version or (self.upgrade_opset and version <= 23)
 
     # ------------------------------------------------------------------ mutations
     def fresh(self, base: str) -> str:

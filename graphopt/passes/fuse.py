@@ -49,7 +49,7 @@ class Fuse(Pass):
     class Options:
         rules: list[str] = option(list(FAMILIES), f"rule families to run ({', '.join(FAMILIES)})")
         upgrade_opset: bool = option(False, "allow raising the default-domain opset (to 17 for "
-                                            "LayerNormalization, 20 for Gelu) when a pattern needs it")
+                                            "LayerNormalization, 20 for Gelu, 23 for Attention) when a pattern needs it")
         exclude: list[str] = option([], "node names or regular expressions whose nodes are left alone", regex=True)
         subgraphs: bool = option(True, "also fuse inside If/Loop/Scan bodies")
 
@@ -234,7 +234,9 @@ def _upgrade_if_useful(model, rules, ctx, options, notes):
         return model, opset
     try:
         converted = version_converter.convert_version(model, walk.needed_opset)
-        converted.ir_version = max(model.ir_version, min(converted.ir_version, 8 if walk.needed_opset < 19 else 9))
+        # the lowest IR version that opset needs, so older runtimes still load the file
+        needed_ir = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", walk.needed_opset)])
+        converted.ir_version = max(model.ir_version, needed_ir)
         onnx.checker.check_model(converted)
     except Exception as err:  # the converter lacks an adapter: keep the opset
         notes.append(f"opset not upgraded to {walk.needed_opset}: {str(err).splitlines()[0][:160]}")
