@@ -54,8 +54,6 @@ NOTES = [
     "models (noise each layer adds) and bisects the count: MiniLM with min_cosine=0.999 took 16.5 s "
     "(was 155 s with one model per layer) and kept 27 of 36 MatMuls float (held-out 0.9987 / 0.9995); "
     "not needed for 0.99.",
-    "- graphopt `entropy` is TensorRT's KL threshold; on random-weight ResNet-18 with random inputs it clips "
-    "more than onnxruntime's entropy (which lands on the min/max scales), hence its lower cosine there.",
 ]
 
 
