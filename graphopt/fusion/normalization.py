@@ -28,17 +28,21 @@ from graphopt.fusion.graph import FusionGraph, attr, scalar
 from graphopt.fusion.rule import Match, Rule
 
 
-def _last_axis_mean(g: FusionGraph, node, x: str) -> bool:
-    if node is None or node.op_type != "ReduceMean" or node.input[0] != x or attr(node, "keepdims", 1) != 1:
-        return False
+def _single_axis(g: FusionGraph, node, x: str) -> int | None:
+    """The one axis (as written) that reduction `node` of x reduces with keepdims=1, or None."""
+    if node is None or node.input[0] != x or attr(node, "keepdims", 1) != 1:
+        return None
     axes = attr(node, "axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         value = g.value(node.input[1])
         axes = None if value is None else value.reshape(-1).tolist()
+    return axes[0] if axes is not None and len(axes) == 1 else None
+
+
+def _last_axis_mean(g: FusionGraph, node, x: str) -> bool:
+    axis = _single_axis(g, node, x) if node is not None and node.op_type == "ReduceMean" else None
     rank = g.rank(x)
-    if axes is None or len(axes) != 1:
-        return False
-    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
+    return axis is not None and (axis == -1 or (rank is not None and axis == rank - 1))
 
 
 def _squared(g: FusionGraph, name: str, d: str):
@@ -143,16 +147,10 @@ def rewrite_layernorm(g: FusionGraph, m: Match) -> None:
 
 def _reduced_axis(g: FusionGraph, node, x: str) -> int | None:
     """The single axis `node` reduces with keepdims=1 (normalised to >= 0), or None."""
-    if node is None or node.input[0] != x or attr(node, "keepdims", 1) != 1:
+    axis, rank = _single_axis(g, node, x), g.rank(x)
+    if axis is None or rank is None or not -rank <= axis < rank:
         return None
-    axes = attr(node, "axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        value = g.value(node.input[1])
-        axes = None if value is None else value.reshape(-1).tolist()
-    rank = g.rank(x)
-    if axes is None or len(axes) != 1 or rank is None or not -rank <= axes[0] < rank:
-        return None
-    return axes[0] % rank
+    return axis % rank
 
 
 def match_softmax(g: FusionGraph, div) -> Match | None:
