@@ -214,6 +214,9 @@ def test_a_model_with_a_baked_in_batch_is_calibrated_on_whole_feeds(monkeypatch)
     model = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "shape"], ["y"])],
                        [tensor("x", ["N", 4])], [tensor("y", [2, 8])], {"shape": np.array([2, 8])})
     monkeypatch.setattr(collector, "RUN_BUDGET", 16)  # one sample (4 values) cannot be reshaped to 2 x 8
-    feeds = [{"x": np.arange(16, dtype=np.float32).reshape(4, 4) - 5}]
-    stats = collect_statistics(model, feeds, ["y", "r"], bins=32)
-    assert (stats["y"].min, stats["y"].max, stats["y"].count) == (0.0, 10.0, 16)
+    monkeypatch.setattr(collector, "REDUCE_BUDGET", 16)
+    feeds = [{"x": np.arange(16, dtype=np.float32).reshape(4, 4) - 5}] * 2
+    for bins in (32, 0):  # exposed tensors, then min/max reduced in the graph
+        stats = collect_statistics(model, feeds, ["y", "r", "x"], bins=bins)
+        assert (stats["y"].min, stats["y"].max, stats["y"].count) == (0.0, 10.0, 32)
+        assert (stats["x"].min, stats["x"].max, stats["x"].count) == (-5.0, 10.0, 32)
