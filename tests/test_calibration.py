@@ -214,7 +214,6 @@ def test_a_model_with_a_baked_in_batch_is_calibrated_on_whole_feeds(monkeypatch)
     model = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "shape"], ["y"])],
                        [tensor("x", ["N", 4])], [tensor("y", [2, 8])], {"shape": np.array([2, 8])})
     monkeypatch.setattr(collector, "RUN_BUDGET", 16)  # one sample (4 values) cannot be reshaped to 2 x 8
-    monkeypatch.setattr(collector, "REDUCE_BUDGET", 16)
     feeds = [{"x": np.arange(16, dtype=np.float32).reshape(4, 4) - 5}] * 2
     for bins in (32, 0):  # exposed tensors, then min/max reduced in the graph
         stats = collect_statistics(model, feeds, ["y", "r", "x"], bins=bins)
