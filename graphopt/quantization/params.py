@@ -51,17 +51,19 @@ def activation_params(lo: float, hi: float, qtype: str, symmetric: bool) -> QPar
 
 
 def quantize_array(x: np.ndarray, scale, zero, qmin: int, qmax: int) -> np.ndarray:
-    return np.clip(np.rint(x / scale) + zero, qmin, qmax)
+    q = np.divide(x, scale)
+    np.rint(q, out=q)  # in place: weights are the largest arrays the rewrite touches
+    if np.any(zero):
+        q += zero
+    return np.clip(q, qmin, qmax, out=q)
 
 
 def weight_int8(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(int8 weight, float32 scale) per tensor (axis None) or per channel along `axis`."""
-    w = w.astype(np.float32)
-    if axis is None:
-        amax = np.abs(w).max(initial=0.0)
-    else:
-        other = tuple(a for a in range(w.ndim) if a != axis)
-        amax = np.abs(w).max(axis=other, initial=0.0)
+    w = np.asarray(w, dtype=np.float32)
+    other = None if axis is None else tuple(a for a in range(w.ndim) if a != axis)
+    # max |w| without an |w| copy
+    amax = np.maximum(w.max(axis=other, initial=0.0), -w.min(axis=other, initial=0.0))
     scale = np.maximum(amax / 127.0, EPS).astype(np.float32)
     shaped = scale if axis is None else _along(scale, axis, w.ndim)
     q = quantize_array(w, shaped, 0, -127, 127).astype(np.int8)
