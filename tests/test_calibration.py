@@ -176,6 +176,15 @@ def test_minmax_reduced_in_graph_equals_numpy():
     assert (stats["y"].min, stats["y"].max) == (-x.max(), 0.0)
 
 
+def test_relu_output_min_is_recorded_as_zero_and_ranges_are_unchanged():
+    feeds = [{"x": np.array([[0.5, 2.0, 1.0, 3.0]], np.float32)}]  # no value of r is 0
+    reduced = collect_statistics(_two_relus(), feeds, ["r"], bins=0)["r"]
+    exposed = collect_statistics(_two_relus(), feeds, ["r"], bins=16)["r"]
+    assert (reduced.min, reduced.max, reduced.count) == (0.0, 3.0, 4) and exposed.min == 0.5
+    assert compute_range(reduced, "minmax", symmetric=False, **U8) == compute_range(exposed, "minmax",
+                                                                                   symmetric=False, **U8)
+
+
 def test_minmax_skips_infinities_and_nans():
     x = np.array([[0.5, -np.inf, 2.0, np.nan], [1.0, -3.0, np.inf, 0.0]], np.float32)
     stats = collect_statistics(_two_relus(), [{"x": x}], ["x", "r"], bins=0)
