@@ -78,7 +78,7 @@ def resolve_pipeline(passes=None, pipeline=None, target=None) -> tuple[PipelineC
         config.passes = parse_inline(passes) if isinstance(passes, str) else list(passes)
     elif pipeline is None:
         config.passes = parse_inline(target_obj.default_pipeline)
-    config.passes, note = with_quantize_prerequisites(config.passes)
+    config.passes, note = with_quantize_prerequisites(config.passes, contrib=bool(target_obj.contrib_domains))
     if note:
         config.notes.append(note)
     return config, target_obj

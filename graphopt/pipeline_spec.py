@@ -110,23 +110,32 @@ def _is_false(value: Any) -> bool:
     return value is False or str(value).strip().lower() in ("false", "0", "no", "off")
 
 
-def with_quantize_prerequisites(specs: list[PassSpec]) -> tuple[list[PassSpec], str | None]:
+def with_quantize_prerequisites(specs: list[PassSpec], contrib: bool = True) -> tuple[list[PassSpec], str | None]:
     """Quantize after `cleanup,fuse` by default, so that BatchNorm and biases are folded
     before ranges are calibrated: a `quantize` with no `fuse` before it gets `fuse` (and
     `cleanup`, when that is missing too) inserted right in front of it, unless its option
-    `prepare` is false. Returns (specs, note saying what was inserted, or None)."""
+    `prepare` is false. A `fuse` before `quantize` leaves out the contrib-op families
+    (FusedConv, com.microsoft Attention make float-only nodes quantize cannot put into integer
+    kernels) unless its `rules` are given; `contrib` says whether the target has those ops at
+    all (only then is that worth a note). Returns (specs, note saying what changed, or None)."""
+    from graphopt.fusion import FAMILIES
+
+    rules = [f for f in FAMILIES if f not in CONTRIB_FAMILIES]
     for k, spec in enumerate(specs):
         if spec.name != "quantize":
             continue
-        before = {s.name for s in specs[:k]}
-        if "fuse" in before or _is_false(spec.options.get("prepare", True)):
+        if _is_false(spec.options.get("prepare", True)):
             return specs, None
-        from graphopt.fusion import FAMILIES
-
-        # contrib-op families (FusedConv, com.microsoft Attention) make float-only nodes that
-        # quantize cannot put into integer kernels: left out here
-        rules = [f for f in FAMILIES if f not in CONTRIB_FAMILIES]
-        added = ([PassSpec("cleanup")] if "cleanup" not in before else []) + \
+        fuses = [s for s in specs[:k] if s.name == "fuse"]
+        if fuses:
+            narrowed = [s for s in fuses if "rules" not in s.options]
+            for s in narrowed:
+                s.options = {**s.options, "rules": rules}
+            note = ("pipeline: fuse before quantize runs without the contrib families "
+                    f"({', '.join(CONTRIB_FAMILIES)}) so that quantize can use integer kernels; "
+                    "fuse{rules=...} sets them explicitly")
+            return specs, note if narrowed and contrib else None
+        added = ([PassSpec("cleanup")] if "cleanup" not in {s.name for s in specs[:k]} else []) + \
             [PassSpec("fuse", {"rules": rules})]
         names = ",".join(str(a) for a in added)
         return (specs[:k] + added + specs[k:],

@@ -376,6 +376,27 @@ def test_quantize_in_a_pipeline_runs_after_cleanup_and_fuse():
     assert [s.name for s in config.passes] == ["cleanup", "fuse", "quantize"] and config.notes
 
 
+def test_fuse_before_quantize_leaves_out_contrib_families():
+    import graphopt
+    from graphopt.pipeline_spec import CONTRIB_FAMILIES, parse_inline, with_quantize_prerequisites
+
+    specs, note = with_quantize_prerequisites(parse_inline("cleanup,fuse,quantize"))
+    assert not set(CONTRIB_FAMILIES) & set(specs[1].options["rules"]) and "contrib families" in note
+    specs, note = with_quantize_prerequisites(parse_inline("fuse{rules=contrib},quantize"))
+    assert specs[0].options["rules"] in ("contrib", ["contrib"]) and note is None  # the user's choice stands
+    specs, note = with_quantize_prerequisites(parse_inline("fuse,quantize"), contrib=False)
+    assert "contrib" not in specs[0].options["rules"] and note is None  # nothing to say on npu/mcu
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    model = make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 4, 8, 8])], {"w": _w(4, 3, 3, 3), "b": _w(4)})
+    data = [{"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    result = graphopt.optimize(model, passes="cleanup,fuse,quantize", target="cpu", calibration_data=data,
+                               inputs=data, thresholds={"min_cosine": 0.98})
+    ops = _ops(result.model)
+    assert "FusedConv" not in ops and ops["Conv"] == 1 and ops["QuantizeLinear"] >= 1
+    assert any("contrib families" in w for w in result.report["warnings"])
+
+
 def test_optimize_with_quantize_alone_folds_batchnorm_first():
     import graphopt
 
