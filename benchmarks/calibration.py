@@ -16,8 +16,9 @@ CalibNumBins=2048 for entropy/percentile, CalibPercentile=99.999 (and graphopt
 percentile=99.999, num_bins=2048). Accuracy: ResNet-18 output cosine vs float on
 held-out crops (min and mean), digits CNN test accuracy (same methods, both tools).
 
-Usage: python benchmarks/calibration.py [--runs 3] [--samples 64] [--batch 8]
+Usage: python benchmarks/calibration.py [--runs 3] [--samples 64] [--batch 8] [--scaling 128]
                                         [--methods minmax,entropy,percentile] [--no-write]
+(--scaling N adds one entropy run per tool on N samples: time and peak vs sample count)
 """
 
 from __future__ import annotations
@@ -271,6 +272,22 @@ def digits_table(methods) -> list[str]:
     return lines
 
 
+def scaling_table(samples: int, more: int, size: int, batch: int, got: dict) -> list[str]:
+    """Entropy at `more` samples (one run per tool) next to the medians at `samples`:
+    onnxruntime keeps every exposed tensor of every batch, graphopt streams."""
+    src, data = model_path("resnet18", size), data_path(more, size)
+    runs = {t: quantize(t, "resnet18", "entropy", src, data, batch) for t in ("graphopt", "ort")}
+    med = {t: (float(np.median([i["seconds"] for i in got[(t, "entropy")]])),
+               float(np.median([i["peak_mb"] for i in got[(t, "entropy")]]))) for t in ("graphopt", "ort")}
+    lines = [f"Entropy ({BINS} bins) as the calibration set grows (one run each at {more} samples):", "",
+             "| samples | graphopt s | ORT s | graphopt peak MB | ORT peak MB |", "|---|---|---|---|---|",
+             f"| {samples} | {med['graphopt'][0]:.2f} | {med['ort'][0]:.2f} | {med['graphopt'][1]:.0f} "
+             f"| {med['ort'][1]:.0f} |",
+             f"| {more} | {runs['graphopt']['seconds']:.2f} | {runs['ort']['seconds']:.2f} "
+             f"| {runs['graphopt']['peak_mb']:.0f} | {runs['ort']['peak_mb']:.0f} |"]
+    return lines
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "--worker":
         tool, name, method, src, data, batch, out = argv[1:8]
@@ -284,6 +301,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--methods", default="minmax,entropy,percentile")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--digits-only", action="store_true")
+    ap.add_argument("--scaling", type=int, default=0,
+                    help="also run entropy once per tool on this many samples (memory vs sample count)")
     args = ap.parse_args(argv)
     methods = args.methods.split(",")
     if args.digits_only:
@@ -307,6 +326,8 @@ def main(argv: list[str]) -> int:
              f"(ratio {fast / plain:.2f}): a one-pass calibration cannot take less than the first.", "",
              "digits CNN (BN folded), 64 calibration samples in one batch, test accuracy on 450 samples:", "",
              *digits_table(methods)]
+    if args.scaling:
+        lines += ["", *scaling_table(args.samples, args.scaling, args.size, args.batch, got)]
     print("\n".join(lines))
     if not args.no_write:
         RESULTS.write_text("\n".join(lines) + "\n")
