@@ -1,8 +1,9 @@
 """Calibration: feed data through onnxruntime once and turn tensor statistics into ranges.
 
 readers    -> feed dicts from .npz files, iterables or (loudly) synthesized data
-histogram  -> streaming per-tensor statistics (min, max, two magnitude histograms)
-collector  -> one onnxruntime run over the data exposing every tensor that needs a range
+histogram  -> streaming per-tensor statistics (min, max, count, one signed histogram)
+collector  -> one onnxruntime pass over the data: min/max reduced in the graph, or every
+              tensor that needs a histogram exposed, in runs of a few samples
 ranges     -> clipping ranges from statistics: minmax, percentile, entropy, mse
 """
 

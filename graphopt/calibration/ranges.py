@@ -3,10 +3,11 @@
 minmax      lo = min(x), hi = max(x). Exact, sensitive to outliers.
 percentile  keep `p` percent of the values: the (100-p)% tail is cut, split evenly
             between both sides for signed data (symmetric: on |x|).
-entropy     TensorRT's KL calibration on the |x| histogram: for each candidate threshold
-            t = i * w (i >= L bins, L = number of quantized levels), P = hist[:i] with the
-            clipped mass added to its last bin, Q = hist[:i] merged into L levels and spread
-            back evenly over the non-empty bins; pick the t minimising KL(P || Q).
+entropy     TensorRT's KL calibration on the |x| histogram (bin 0, the post-ReLU zero
+            spike, replaced by bin 1): for each candidate threshold t = i * w (i >= 128
+            bins), P = hist[:i] with the clipped mass added to its last bin, Q = hist[:i]
+            merged into L levels (256 for uint8 data >= 0, else 128) and spread back evenly
+            over the non-empty bins; pick the widest t minimising KL(P || Q).
 mse         minimise the expected squared quantization error of the histogram:
             E(t) = sum_inside n * s^2 / 12 (uniform rounding noise, s = scale for t)
                  + sum_outside n * (|x| - t)^2 (clipping), over candidate ranges
