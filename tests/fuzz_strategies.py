@@ -232,7 +232,10 @@ def _proto_mutation(fn):
             model.ParseFromString(data)
         except Exception:
             return data
-        fn(model, c)
+        try:
+            fn(model, c)
+        except UnicodeDecodeError:  # an earlier bit flip left a name that is not UTF-8: the edit cannot be made
+            return data
         return model.SerializeToString()
     return apply
 
