@@ -1,4 +1,4 @@
-"""Multi-head self-attention to onnxruntime's com.microsoft Attention (targets that opt in).
+"""Multi-head attention to one node: com.microsoft Attention, or ONNX Attention (opset 23).
 
     q = x @ Wq + bq;  k = x @ Wk + bk;  v = x @ Wv + bv                (B, S, H*D)
     Q = Transpose(Reshape(q, [B, S, H, D]), [0, 2, 1, 3])              (B, H, S, D)
@@ -7,18 +7,23 @@
     P = Softmax((Q @ Kt) * scale [+ bias], axis=-1)
     out = Reshape(Transpose(P @ V, [0, 2, 1, 3]), [B, S, H*D])
       == Attention(x, [Wq|Wk|Wv], [bq|bk|bv], attention_bias=bias; num_heads=H, scale=scale)
+                                                          (com.microsoft, self-attention)
+      == Attention(q, k, v, attn_mask=bias; q_num_heads=H, kv_num_heads=H, scale=scale)
+                                                          (ONNX opset 23, any q/k/v sources)
 
-One contrib node replaces 19 (the three projections included): onnxruntime runs it as a
-single kernel. The rule only fires when the selected target lists "com.microsoft" in
-`contrib_domains` (onnxruntime's CPU target does); standard-only targets keep the graph.
+The contrib form replaces 19 nodes (the projections included) and only fires when the
+target lists "com.microsoft" in `contrib_domains` (onnxruntime's CPU and GPU targets do).
+The standard form replaces the 13 nodes after the projections and needs opset 23 (or
+upgrade_opset=true); it is tried when the contrib form does not apply.
 
-Preconditions: x is float32 and rank 3; the three projections read the same x with
-constant 2-D weights (biases constant 1-D or absent) of one width H*D; the head reshapes
-have constant targets [0|-1|B, 0|-1|S, H|-1, D|-1] (one -1 at most); scale is a constant scalar (Mul or Div, or
-none); an additive mask is float32 of rank 4 (when shape inference cannot prove it has
-the scores' last two dims, it is expanded to (., ., S, S) once, shared by every layer);
-the output reshape restores (B, S, H*D); every intermediate is read only inside the
-pattern.
+Preconditions (both): the head reshapes have constant targets [0|-1|B, 0|-1|S, H|-1, D|-1]
+(one -1 at most) on rank-3 sources; q and k have the same heads; scale is a constant scalar
+(Mul or Div, or none); Softmax is over the last axis; an additive mask is a rank-4 float
+tensor (when shape inference cannot prove it has the scores' last two dims it is expanded
+to (., ., S, T) first, once, shared by every layer: onnxruntime's kernels do not broadcast
+those dims); the output reshape restores (B, S, H*Dv); every intermediate is read only
+inside the pattern. Contrib form also: the three projections read the same float32 x with
+constant 2-D weights (biases constant 1-D or absent) of one width H*D.
 """
 
 from __future__ import annotations
