@@ -176,3 +176,17 @@ def test_optimize_imports_a_pytorch_program_and_verifies_it(tmp_path):
     imported = json.loads(report.read_text())["import"]
     assert imported["framework"] == "pytorch" and imported["passed"] and imported["cosine"] > 0.9999
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_onnxruntime_out_of_memory_is_exit_1_with_one_line(cnn, tmp_path, capsys, monkeypatch):
+    import onnxruntime
+
+    def no_memory(self, *args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+                           "running Conv node. Failed to allocate memory for requested buffer of size 1073741824")
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", no_memory)
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(cnn), "-o", str(out), "--passes", "cleanup"]) == 1
+    assert "ran out of memory" in _one_line_error(capsys)
+    assert not out.exists()

@@ -52,15 +52,28 @@ def run_model(model_or_session, feeds: dict[str, np.ndarray],
     try:
         values = session.run(names, {k: v for k, v in feeds.items() if k in wanted}, options)
     except Exception as err:
-        if options.terminate:
-            from graphopt.errors import InputError
+        from graphopt.errors import InputError
 
+        if options.terminate:
             raise InputError(f"onnxruntime run stopped after {RUN_TIMEOUT_S:g} s "
                              "(set GRAPHOPT_RUN_TIMEOUT to allow longer runs)") from err
+        if out_of_memory(err):  # a resource limit of this machine, not a bug: say so in one line
+            raise InputError(f"onnxruntime ran out of memory running the model ({_first_line(err)}); "
+                             "use smaller inputs (--inputs) or a machine with more memory") from err
         raise
     finally:
         timer.cancel()
     return dict(zip(names, values))
+
+
+def out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, MemoryError) or any(
+        marker in text for marker in ("Failed to allocate memory", "bad_alloc", "std::bad_alloc"))
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][-160:]
 
 
 def run_batches(model: onnx.ModelProto, feeds_list: list[dict[str, np.ndarray]],
