@@ -44,7 +44,8 @@ from graphopt.calibration import (
     count_samples,
 )
 from graphopt.calibration.readers import SYNTHETIC_NOTE
-from graphopt.ir import clone, infer_shapes, opset_version
+from graphopt.ir import clone, opset_version
+from graphopt.ir.check import annotate_shapes
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass
 from graphopt.quantization import mixed
 from graphopt.quantization import params as qp
@@ -158,9 +159,10 @@ class Quantize(Pass):
         ranges = {}
 
         def params_for(p):
+            missing = [name for name in p.activations if name not in tstats]
+            if missing:  # a replanned placement reads tensors not seen yet: one run for all
+                tstats.update(collect_statistics(typed, feeds, missing, bins))
             for name in p.activations:
-                if name not in tstats:  # a replanned placement reads a tensor not seen yet
-                    tstats.update(collect_statistics(typed, feeds, [name], bins))
                 if name not in ranges:
                     ranges[name] = self._range(tstats[name])
             groups: dict[str, list[float]] = {}
@@ -173,9 +175,13 @@ class Quantize(Pass):
 
         plan = _drop_huge(typed, plan, tstats, keep_float, o, notes, planned)
 
-        def build(extra: set[int]):
+        labels_out: list[str] = []
+
+        def build(extra: set[int], last: bool = False):
             p = planned(typed, keep_float | extra)
-            m = clone(typed)
+            m = typed if last else clone(typed)  # the last build rewrites the pass's own copy
+            if last:
+                labels_out[:] = [node_label(typed.graph.node[i], i) for i in sorted(p.kinds)]
             st = apply_static(m, p, params_for(p), spec)
             return m, p, st
 
@@ -189,7 +195,7 @@ class Quantize(Pass):
             extra, stats["mixed_precision"] = mixed.search(lambda s: build(s)[0], original, eval_feeds, cores,
                                                            o.min_cosine, labels, sites, typed)
             keep_float |= extra
-        quantized, plan, st = build(set())
+        quantized, plan, st = build(set(), last=True)
         _strip_value_info(quantized, original)
         notes.extend(plan.notes)
         stats.update(st)
@@ -199,8 +205,7 @@ class Quantize(Pass):
                      symmetric_activations=o.symmetric_activations, target_defaults=self._chosen,
                      tensors_calibrated=len(plan.activations), samples=count_samples(feeds),
                      calibration_s=round(calib_s, 3))
-        return _result(original, quantized, stats, notes, start,
-                       sites=[node_label(typed.graph.node[i], i) for i in sorted(plan.kinds)])
+        return _result(original, quantized, stats, notes, start, sites=labels_out)
 
     def _range(self, s) -> tuple[float, float]:
         o = self.options
@@ -228,8 +233,9 @@ def _prepared(model: onnx.ModelProto, weight_type: str, notes: list[str]) -> onn
 
 
 def _typed(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """`model` (the pass's own copy) with inferred shapes, annotated in place."""
     try:
-        return infer_shapes(model)
+        return annotate_shapes(model)
     except Exception as err:  # placement then only sees declared types
         notes.append(f"shape inference failed ({str(err).splitlines()[0][:120]}); untyped tensors stay float")
         return model
