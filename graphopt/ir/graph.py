@@ -84,3 +84,26 @@ def conform_to_ir_version(model: onnx.ModelProto) -> None:
     for tensor in model.graph.initializer:
         if tensor.name not in listed:
             model.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+
+
+def declared_value_info(model: onnx.ModelProto) -> set[str]:
+    """Names the model declares in value_info (main graph and subgraphs)."""
+    from graphopt.ir.subgraphs import iter_graphs
+
+    return {v.name for g in iter_graphs(model.graph) for v in g.value_info}
+
+
+def keep_declared_value_info(model: onnx.ModelProto, declared: set[str]) -> None:
+    """Drop value_info entries a pass inferred; keep those the input declared.
+
+    Inferred shapes are an analysis, not part of the result: declared intermediate shapes
+    change what onnxruntime fuses (with them it fuses residual Add + LayerNormalization into
+    SkipLayerNormalization, ~4x slower than the two ops at one thread on x86: all-MiniLM-L6-v2
+    runs 5-7% slower), and they go stale where later passes rename tensors."""
+    from graphopt.ir.subgraphs import iter_graphs
+
+    for g in iter_graphs(model.graph):
+        kept = [v for v in g.value_info if v.name in declared]
+        if len(kept) != len(g.value_info):
+            del g.value_info[:]
+            g.value_info.extend(kept)

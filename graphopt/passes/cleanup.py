@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphopt.ir import ConstantView, constant_node_value, infer_shapes
+from graphopt.ir import (ConstantView, constant_node_value, declared_value_info, infer_shapes,
+                         keep_declared_value_info)
 from graphopt.ir.graph import conform_to_ir_version
 from graphopt.ir.subgraphs import outer_scope_names
 from graphopt.ir.rewrite import (consumers, graph_output_names, producers, remove_dead_nodes,
@@ -49,13 +50,17 @@ class Cleanup(Pass):
         fold_constants: bool = option(True, "evaluate nodes whose inputs are all constants")
         max_fold_growth: int = option(FOLD_GROWTH_BYTES,
                                       "bytes a folded constant may exceed the constants it replaces by", low=0)
-        infer_shapes: bool = option(True, "run ONNX shape inference and keep the inferred value_info")
+        infer_shapes: bool = option(True, "run ONNX shape inference (folds shapes it proves static)")
+        keep_inferred_shapes: bool = option(False, "write the inferred intermediate shapes into the output "
+                                            "(off: declared shapes make onnxruntime fuse Add+LayerNorm into a "
+                                            "slower SkipLayerNormalization on x86 CPUs)")
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         stats = {"identities_removed": 0, "constants_to_initializers": 0, "constants_folded": 0, "shapes_folded": 0, "dead_nodes_removed": 0}
         notes: list[str] = []
         nodes_before = len(model.graph.node)
         before = model.SerializeToString(deterministic=True)
+        declared = declared_value_info(model)
         for _ in range(8):  # folding exposes more folding; a few rounds reach the fixpoint
             round_changes = stats["constants_folded"] + stats["shapes_folded"] + stats["identities_removed"]
             stats["identities_removed"] += remove_identities(model.graph)
@@ -69,6 +74,8 @@ class Cleanup(Pass):
             if stats["constants_folded"] + stats["shapes_folded"] + stats["identities_removed"] == round_changes:
                 break
         conform_to_ir_version(model)
+        if not self.options.keep_inferred_shapes:
+            keep_declared_value_info(model, declared)
         changed = model.SerializeToString(deterministic=True) != before
         stats["nodes_removed"] = nodes_before - len(model.graph.node)
         return PassResult(model, changed, stats, sorted(set(notes)))

@@ -25,7 +25,7 @@ import onnx
 from graphopt.fusion import FAMILIES, family_rules
 from graphopt.fusion.graph import FusionGraph, is_standard
 from graphopt.fusion.rule import Rule
-from graphopt.ir import infer_shapes, opset_version
+from graphopt.ir import declared_value_info, infer_shapes, keep_declared_value_info, opset_version
 from graphopt.ir.rewrite import remove_dead_nodes, topological_order
 from graphopt.ir.subgraphs import iter_graphs
 from graphopt.passes import Pass, PassContext, PassResult, option, register_pass
@@ -71,6 +71,7 @@ class Fuse(Pass):
             raise InputError(f"fuse.rules: unknown families {unknown} (known: {', '.join(FAMILIES)})")
         original = model
         before = model.SerializeToString(deterministic=True)
+        declared = declared_value_info(model)
         rules = [r for family in FAMILIES if family in self.options.rules for r in family_rules(family)]
         opset = original_opset = opset_version(model)
         notes: list[str] = []
@@ -92,6 +93,7 @@ class Fuse(Pass):
             walk.notes.append(f"all rewrites undone: they left an invalid graph ({problem})")
             walk.stats, walk.sites = Counter(), []
             model = onnx.ModelProto.FromString(before)
+        keep_declared_value_info(model, declared)  # the walk's shape refreshes are analysis only
         changed = model.SerializeToString(deterministic=True) != before
         log.info("fuse: %s", dict(walk.stats) or "nothing fused")
         notes = sorted(set(walk.notes))[:MAX_NOTES]
