@@ -228,3 +228,25 @@ def test_a_model_with_a_baked_in_batch_is_calibrated_on_whole_feeds(monkeypatch)
         stats = collect_statistics(model, feeds, ["y", "r", "x"], bins=bins)
         assert (stats["y"].min, stats["y"].max, stats["y"].count) == (0.0, 10.0, 32)
         assert (stats["x"].min, stats["x"].max, stats["x"].count) == (-5.0, 10.0, 32)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_channel_abs_max_reduced_in_graph_matches_numpy(opset):
+    from graphopt.calibration.collector import channel_abs_max
+    from graphopt.ir.check import annotate_shapes
+
+    w = np.random.default_rng(1).standard_normal((6, 6)).astype(np.float32)  # > no placeholder
+    big = np.random.default_rng(2).standard_normal((6, 400)).astype(np.float32)  # out-of-line weight
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Neg", ["h"], ["y"]),
+                        helper.make_node("MatMul", ["h", "big"], ["z"])],
+                       [tensor("x", ["N", 3, 6])], [tensor("y", ["N", 3, 6]), tensor("z", ["N", 3, 400])],
+                       {"w": w, "big": big}, opset=opset)
+    annotate_shapes(model)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((2, 3, 6)).astype(np.float32) * 10} for _ in range(3)]
+    got = channel_abs_max(model, feeds, ["x", "h", "z"])
+    for name, fn in (("x", lambda x: x), ("h", lambda x: x @ w), ("z", lambda x: (x @ w) @ big)):
+        want = np.max([np.abs(fn(f["x"])).reshape(-1, f["x"].shape[-1] if name != "z" else 400).max(0)
+                       for f in feeds], axis=0)
+        np.testing.assert_allclose(got[name], want, rtol=1e-5)
+    assert len(model.graph.node) == 3 and len(model.graph.output) == 2  # nothing left behind

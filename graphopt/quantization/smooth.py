@@ -83,20 +83,11 @@ def candidates(model: onnx.ModelProto, plan: Plan) -> dict[str, list[int]]:
 
 
 def channel_maxima(model: onnx.ModelProto, feeds: list[dict], tensors: list[str]) -> dict[str, np.ndarray]:
-    """max |x| per last-axis channel of each tensor over all feeds (one onnxruntime run)."""
-    if not tensors or not feeds:
-        return {}
-    from graphopt.calibration.collector import exposing_session
+    """max |x| per last-axis channel of each tensor over all feeds (one onnxruntime run,
+    reduced inside the graph)."""
+    from graphopt.calibration.collector import channel_abs_max
 
-    session = exposing_session(model, tensors)
-    wanted = {i.name for i in session.get_inputs()}
-    amax: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        values = session.run(tensors, {k: v for k, v in feed.items() if k in wanted})
-        for name, value in zip(tensors, values):
-            a = np.abs(np.asarray(value, np.float32).reshape(-1, value.shape[-1])).max(axis=0)
-            amax[name] = a if name not in amax else np.maximum(amax[name], a)
-    return amax
+    return channel_abs_max(model, feeds, tensors)
 
 
 def apply_smoothing(model: onnx.ModelProto, plan: Plan, feeds: list[dict], alpha: float,
