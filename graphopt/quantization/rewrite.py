@@ -216,7 +216,11 @@ def _quantize_weights(rw: Rewriter, constants: ConstantView, node, plan: Plan, t
 def drop_replaced_initializers(graph: onnx.GraphProto, used_before: set[str]) -> None:
     """Remove float weights no node reads any more (they were replaced by quantized ones)."""
     used = {n for node in graph.node for n in node.input} | {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used or t.name not in used_before]
-    if len(keep) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+    remove_initializers(graph, lambda t: t.name not in used and t.name in used_before)
+
+
+def remove_initializers(graph: onnx.GraphProto, drop) -> None:
+    """Delete the initializers for which `drop(tensor)` holds, in place (the others keep
+    their order; rebuilding the list would copy every weight, ~0.1 s on MiniLM)."""
+    for i in reversed([i for i, t in enumerate(graph.initializer) if drop(t)]):
+        del graph.initializer[i]

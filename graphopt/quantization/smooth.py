@@ -38,6 +38,7 @@ from onnx import helper, numpy_helper
 
 from graphopt.ir.constants import ConstantView
 from graphopt.quantization.placement import Plan, node_label
+from graphopt.quantization.rewrite import remove_initializers
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +162,6 @@ def apply_smoothing(model: onnx.ModelProto, plan: Plan, feeds: list[dict], alpha
     del graph.node[:]
     graph.node.extend(nodes)
     used = {n for node in graph.node for n in node.input}
-    keep = [t for t in graph.initializer if t.name not in replaced or t.name in used]
-    if len(keep) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+    remove_initializers(graph, lambda t: t.name in replaced and t.name not in used)
     log.info("smoothing: %d activation tensors (alpha %.2f)", len(report), alpha)
     return index_map, {"alpha": alpha, "tensors": report}
