@@ -17,35 +17,41 @@ B, S, H, D = 2, 5, 2, 4
 CPU = PassContext(target=load_target("cpu"))
 
 
-def _attention_model(heads_target=(0, 0, H, D), scale_op="Mul", mask_shape=None, cross=False,
-                     scores_output=False):
+def _attention_layer(p="", src="x", out="y", heads_target=(0, 0, H, D), scale_op="Mul", mask=None, cross=False):
+    """Nodes and initializers of one attention layer; names prefixed by `p`."""
     hidden = H * D
     nodes, inits = [], []
     for key in "qkv":
-        src = "mem" if cross and key != "q" else "x"
-        inits += [_init(f"W{key}", RNG.standard_normal((hidden, hidden)).astype(np.float32) / 3),
-                  _init(f"b{key}", RNG.standard_normal(hidden).astype(np.float32))]
+        x = "mem" if cross and key != "q" else src
+        inits += [_init(f"{p}W{key}", RNG.standard_normal((hidden, hidden)).astype(np.float32) / 3),
+                  _init(f"{p}b{key}", RNG.standard_normal(hidden).astype(np.float32))]
         perm = [0, 2, 3, 1] if key == "k" else [0, 2, 1, 3]
-        nodes += [helper.make_node("MatMul", [src, f"W{key}"], [f"{key}_mm"], name=f"/{key}/mm"),
-                  helper.make_node("Add", [f"{key}_mm", f"b{key}"], [f"{key}_p"], name=f"/{key}/add"),
-                  helper.make_node("Reshape", [f"{key}_p", "heads"], [f"{key}_r"], name=f"/{key}/reshape"),
-                  helper.make_node("Transpose", [f"{key}_r"], [f"{key}_t"], perm=perm, name=f"/{key}/t")]
-    inits += [_init("heads", np.array(heads_target, np.int64)), _init("tokens", np.array([0, 0, hidden], np.int64))]
+        nodes += [helper.make_node("MatMul", [x, f"{p}W{key}"], [f"{p}{key}_mm"], name=f"/{p}{key}/mm"),
+                  helper.make_node("Add", [f"{p}{key}_mm", f"{p}b{key}"], [f"{p}{key}_p"], name=f"/{p}{key}/add"),
+                  helper.make_node("Reshape", [f"{p}{key}_p", f"{p}heads"], [f"{p}{key}_r"], name=f"/{p}{key}/reshape"),
+                  helper.make_node("Transpose", [f"{p}{key}_r"], [f"{p}{key}_t"], perm=perm, name=f"/{p}{key}/t")]
+    inits += [_init(f"{p}heads", np.array(heads_target, np.int64)), _init(f"{p}tokens", np.array([0, 0, hidden], np.int64))]
     factor = 1 / np.sqrt(D) if scale_op == "Mul" else np.sqrt(D)
-    inits.append(_init("scale", np.array(factor, np.float32)))
-    nodes += [helper.make_node("MatMul", ["q_t", "k_t"], ["scores"], name="/qk"),
-              helper.make_node(scale_op, ["scores", "scale"], ["scaled"], name="/scale")]
-    logits = "scaled"
-    inputs = [_vi("x", [B, S, hidden])] + ([_vi("mem", [B, S, hidden])] if cross else [])
-    if mask_shape is not None:
-        inputs.append(_vi("mask", list(mask_shape)))
-        nodes.append(helper.make_node("Add", ["scaled", "mask"], ["masked"], name="/mask"))
-        logits = "masked"
-    nodes += [helper.make_node("Softmax", [logits], ["probs"], axis=-1, name="/softmax"),
-              helper.make_node("MatMul", ["probs", "v_t"], ["context"], name="/pv"),
-              helper.make_node("Transpose", ["context"], ["merged"], perm=[0, 2, 1, 3], name="/merge"),
-              helper.make_node("Reshape", ["merged", "tokens"], ["y"], name="/out")]
-    outputs = [_vi("y", [B, S, hidden])] + ([_vi("scores", None)] if scores_output else [])
+    inits.append(_init(f"{p}scale", np.array(factor, np.float32)))
+    nodes += [helper.make_node("MatMul", [f"{p}q_t", f"{p}k_t"], [f"{p}scores"], name=f"/{p}qk"),
+              helper.make_node(scale_op, [f"{p}scores", f"{p}scale"], [f"{p}scaled"], name=f"/{p}scale")]
+    logits = f"{p}scaled"
+    if mask is not None:
+        nodes.append(helper.make_node("Add", [logits, mask], [f"{p}masked"], name=f"/{p}mask"))
+        logits = f"{p}masked"
+    nodes += [helper.make_node("Softmax", [logits], [f"{p}probs"], axis=-1, name=f"/{p}softmax"),
+              helper.make_node("MatMul", [f"{p}probs", f"{p}v_t"], [f"{p}context"], name=f"/{p}pv"),
+              helper.make_node("Transpose", [f"{p}context"], [f"{p}merged"], perm=[0, 2, 1, 3], name=f"/{p}merge"),
+              helper.make_node("Reshape", [f"{p}merged", f"{p}tokens"], [out], name=f"/{p}out")]
+    return nodes, inits
+
+
+def _attention_model(heads_target=(0, 0, H, D), scale_op="Mul", mask_shape=None, cross=False,
+                     scores_output=False):
+    nodes, inits = _attention_layer("", "x", "y", heads_target, scale_op, "mask" if mask_shape else None, cross)
+    inputs = [_vi("x", [B, S, H * D])] + ([_vi("mem", [B, S, H * D])] if cross else [])
+    inputs += [_vi("mask", list(mask_shape))] if mask_shape is not None else []
+    outputs = [_vi("y", [B, S, H * D])] + ([_vi("scores", None)] if scores_output else [])
     return _model(nodes, inputs, outputs, inits)
 
 
@@ -148,3 +154,17 @@ def test_standard_attention_needs_opset23_or_the_flag():
     before, result = _fuse(_attention_model())
     assert "Attention" not in _ops(result.model)
     assert any("opset 17 < 23" in n for n in result.notes)
+
+
+def test_layers_sharing_a_mask_share_its_expansion():
+    first, inits1 = _attention_layer("a_", "x", "h", mask="mask")
+    second, inits2 = _attention_layer("b_", "h", "y", mask="mask")
+    model = _model(first + second, [_vi("x", [B, "seq", H * D]), _vi("mask", [B, 1, 1, "seq"])],
+                   [_vi("y", None)], inits1 + inits2)
+    before, result = _fuse(model, CPU)
+    ops = _ops(result.model)
+    assert ops["Attention"] == 2 and ops["Expand"] == 1
+    feeds = {"x": RNG.standard_normal((B, 7, H * D)).astype(np.float32),
+             "mask": np.where(RNG.random((B, 1, 1, 7)) < 0.3, -1e4, 0.0).astype(np.float32)}
+    ref, got = run_model(before, feeds), run_model(result.model, feeds)
+    assert allclose_relative([ref["y"]], [got["y"]])[0]

@@ -209,11 +209,19 @@ def check_attention(g: FusionGraph, m: Match) -> str | None:
     return None
 
 
+def _length_key(g: FusionGraph, source: str):
+    """What identifies source.shape[1]: its symbolic dim when shape inference named one (the
+    layers of an encoder share it), else the tensor itself."""
+    shape = g.symbolic_shape(source)
+    dim = shape[1] if shape is not None and len(shape) > 1 else None
+    return ("dim", dim) if dim is not None else ("tensor", source)
+
+
 def _full_bias(g: FusionGraph, bias: str, queries: str, keys: str, before) -> str:
     """Expand(bias, [1, 1, S, T]) with S = queries.shape[1], T = keys.shape[1]: onnxruntime's
     attention kernels want the mask's last two dims in full, while the Add they replace may
-    have broadcast them. Built once per (bias, queries, keys) and shared by every layer."""
-    key = ("attention_bias", bias, queries, keys)
+    have broadcast them. Built once per bias and (S, T), shared by the layers that have them."""
+    key = ("attention_bias", bias, _length_key(g, queries), _length_key(g, keys))
     if key in g.memo and g.memo[key] in g._names:
         return g.memo[key]
     ones = g.add_constant(np.ones(2, np.int64), f"{bias}_ones", before=before)
