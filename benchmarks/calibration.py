@@ -140,6 +140,7 @@ def worker(tool: str, name: str, method: str, src: str, data: str, batch: int, o
         registry()  # every pass module imported before the clock, as ORT's import is too
     else:
         from onnxruntime import quantization as oq
+    onnx.defs.get_schema("Relu")  # onnx's schema registry, built by onnxruntime.quantization's import too
     base = peak_mb()
     t0 = time.perf_counter()
     if tool == "graphopt":
