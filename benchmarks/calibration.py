@@ -317,7 +317,7 @@ def main(argv: list[str]) -> int:
              f"in batches of {args.batch} (natural-image crops), {args.runs} runs per tool and method, each in a "
              f"fresh subprocess; medians. onnxruntime {ort.__version__}, default intra-op threads on this "
              "2-core machine (shared with other work: absolute times are noisy, ratios come from interleaved "
-             "runs). Time = load + calibrate + rewrite + save; peak = VmHWM of the child (imports and data included, "
+             "runs). Time = load + calibrate + rewrite + save (imports and onnx's schema registry before the clock for both); peak = VmHWM of the child (imports and data included, "
              f"~{np.median([i['base_mb'] for v in got.values() for i in v]):.0f} MB after imports). "
              f"Histogram methods: {BINS} bins for both; percentile {PERCENTILE}.", "",
              *table(got, methods, src, data), "",

@@ -267,7 +267,7 @@ def main(argv: list[str]) -> int:
         plan = {k: v for k, v in plan.items() if k in only}
     lines = ["# quantize benchmark: graphopt vs onnxruntime.quantization", "",
              f"onnxruntime {ort.__version__}; latency at 1 intra-op thread, medians of interleaved runs; "
-             "quantize time and peak RSS per run in a fresh subprocess (2-core shared machine, noisy).",
+             "quantize time (load + quantize + save; imports and onnx's schema registry before the clock for both tools) and peak RSS per run in a fresh subprocess (2-core shared machine, noisy).",
              "Both tools quantize the same BN-folded model with the same calibration feeds; "
              "ORT: quantize_static QDQ, per_channel, QUInt8 activations, QInt8 weights, CalibNumBins=2048.", "",
              "| model | tool | method | quality | quantize s | peak MB | speedup vs float |",
