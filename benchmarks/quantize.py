@@ -156,7 +156,7 @@ def worker(tool: str, name: str, method: str, out: str, extra: str) -> None:
 
 
 def quantize(tool, name, method, tag, extra=None) -> dict:
-    out = CACHE / f"{name}_{tag}.onnx"
+    out = CACHE / f"{name}_{tool}_{tag}_{method}.onnx"  # one file per row: all are read after the runs
     proc = subprocess.run([sys.executable, __file__, "--worker", tool, name, method, str(out),
                            json.dumps(extra or {})], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
@@ -193,6 +193,9 @@ def latency(sessions: list, feed: dict, rounds: int) -> list[float]:
     return [float(np.median(t)) for t in times]
 
 
+REPEATS = 3  # quantizations per tool and method (fresh subprocesses); times and peaks are medians
+
+
 def bench(name: str, runs: list[tuple], rounds: int) -> list[str]:
     src = model_path(name)
     _, evals = datasets(name)
@@ -200,8 +203,15 @@ def bench(name: str, runs: list[tuple], rounds: int) -> list[str]:
     one = {k: v[:1] for k, v in evals[0].items()}
     rows, sessions = [], [ref]
     results = []
-    for tool, method, tag, extra in runs:
-        info = quantize(tool, name, method, tag, extra)
+    times: dict[int, list[dict]] = {}
+    for _ in range(REPEATS):  # interleaved: machine noise hits every tool alike; medians below
+        for k, (tool, method, tag, extra) in enumerate(runs):
+            times.setdefault(k, []).append(quantize(tool, name, method, tag, extra))
+    for k, (tool, method, tag, extra) in enumerate(runs):
+        got = times[k]
+        info = next((i for i in got if "error" in i), None) or {
+            "seconds": float(np.median([i["seconds"] for i in got])),
+            "peak_mb": int(np.median([i["peak_mb"] for i in got])), "path": got[-1]["path"]}
         results.append((tool, method, tag, info))
         if "error" not in info:
             sessions.append(session(info["path"]))
@@ -267,7 +277,7 @@ def main(argv: list[str]) -> int:
         plan = {k: v for k, v in plan.items() if k in only}
     lines = ["# quantize benchmark: graphopt vs onnxruntime.quantization", "",
              f"onnxruntime {ort.__version__}; latency at 1 intra-op thread, medians of interleaved runs; "
-             "quantize time (load + quantize + save; imports and onnx's schema registry before the clock for both tools) and peak RSS per run in a fresh subprocess (2-core shared machine, noisy).",
+             "quantize time (median of 3 interleaved runs: load + quantize + save; imports and onnx's schema registry before the clock for both tools) and peak RSS per run in a fresh subprocess (2-core shared machine, noisy).",
              "Both tools quantize the same BN-folded model with the same calibration feeds; "
              "ORT: quantize_static QDQ, per_channel, QUInt8 activations, QInt8 weights, CalibNumBins=2048.", "",
              "| model | tool | method | quality | quantize s | peak MB | speedup vs float |",
