@@ -13,7 +13,7 @@ Forms matched (Div by 6 and Mul by 1/6 alike; Clip bounds as attributes or input
     Gelu tanh forms: the same tails around 1 + tanh(√(2/π) * (x + 0.044715 * x³)),
                     x³ as Pow(x, 3) or x * x * x      -> Gelu(x, approximate="tanh")
 Below opset 20 (without upgrade_opset), targets that opt into com.microsoft get
-onnxruntime's contrib Gelu / FastGelu instead (float32 only).
+onnxruntime's contrib Gelu / FastGelu instead (graphopt/fusion/contrib.py).
 The rewritten forms agree to float32 round-off (1/6 and 1/√2 are not exact in float32).
 """
 
@@ -26,7 +26,6 @@ from graphopt.fusion.graph import FusionGraph, attr, scalar
 from graphopt.fusion.rule import Match, Rule
 
 SIXTH = 1.0 / 6.0
-CONTRIB = "com.microsoft"
 
 
 def _close(value: float | None, expected: float, rel: float = 1e-4) -> bool:
@@ -240,27 +239,18 @@ def check_gelu(g: FusionGraph, m: Match) -> str | None:
     where = f"Gelu form at {m.anchor.name!r} not fused"
     if not all(g.private(n.output[0]) for n in m.nodes[1:]):
         return f"{where}: an intermediate has other readers"
-    if g.opset_allows(20) and g.supports("Gelu"):
-        return None
-    if g.target is not None and CONTRIB in tuple(getattr(g.target, "contrib_domains", ())) and g.dtype(m["x"]) == 1:
-        m.data["contrib"] = True
-        return None
     if not g.opset_allows(20):
         return f"{where}: opset {g.opset} < 20 (upgrade_opset=true allows it)"
-    return f"{where}: target lacks Gelu"
+    if not g.supports("Gelu"):
+        return f"{where}: target lacks Gelu"
+    return None
 
 
 def rewrite_gelu(g: FusionGraph, m: Match) -> None:
-    tanh = m.data.get("approximate") == "tanh"
-    base = m.anchor.name or m.anchor.output[0]
-    if m.data.get("contrib"):  # onnxruntime's Gelu / FastGelu kernels, for opsets before 20
-        node = g.make_node("FastGelu" if tanh else "Gelu", [m["x"]], [m.anchor.output[0]], "gelu_fused", base,
-                           domain=CONTRIB)
-        g.used_domains.add(CONTRIB)
-    else:
-        g.needed_opset = max(g.needed_opset, 20)
-        extra = {"approximate": "tanh"} if tanh else {}
-        node = g.make_node("Gelu", [m["x"]], [m.anchor.output[0]], "gelu_fused", base, **extra)
+    g.needed_opset = max(g.needed_opset, 20)
+    extra = {"approximate": "tanh"} if m.data.get("approximate") == "tanh" else {}
+    node = g.make_node("Gelu", [m["x"]], [m.anchor.output[0]], "gelu_fused", m.anchor.name or m.anchor.output[0],
+                       **extra)
     g.insert_before(node, m.anchor)
     g.remove(*m.nodes)
 
@@ -269,8 +259,7 @@ RULES = [
     Rule("hard_activation_fused", ("Div", "Mul"), match_hard, check_hard, rewrite_hard,
          "Clip(x+3,0,6)/6 to HardSigmoid, x*Clip(x+3,0,6)/6 to HardSwish"),
     Rule("hardswish_fused", ("Mul",), match_swish, check_swish, rewrite_swish, "x * HardSigmoid(x) to HardSwish"),
-    Rule("gelu_fused", ("Erf",), match_gelu, check_gelu, rewrite_gelu,
-         "erf-form GELU to Gelu (opset 20; com.microsoft Gelu on targets with that domain)"),
+    Rule("gelu_fused", ("Erf",), match_gelu, check_gelu, rewrite_gelu, "erf-form GELU to Gelu (opset 20)"),
     Rule("gelu_fused", ("Tanh",), match_gelu_tanh, check_gelu, rewrite_gelu,
-         "tanh-form GELU to Gelu(approximate=tanh) (opset 20; com.microsoft FastGelu on targets with it)"),
+         "tanh-form GELU to Gelu(approximate=tanh) (opset 20)"),
 ]

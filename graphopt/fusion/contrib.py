@@ -1,4 +1,7 @@
-"""Conv + activation to com.microsoft FusedConv, only for targets that opt in.
+"""onnxruntime contrib kernels (com.microsoft), only for targets that opt in.
+
+Conv + activation to FusedConv; GELU forms (graphopt/fusion/activations.py matches them)
+to Gelu / FastGelu where the model's opset has no standard Gelu (opset < 20).
 
 onnxruntime's contrib op FusedConv(X, W, B; activation, activation_params) computes
 act(Conv(X, W, B)) in one kernel. It is not a standard op, so the rule runs only when the
@@ -9,6 +12,7 @@ Clip(min, max) with constant bounds, HardSigmoid(alpha, beta).
 
 from __future__ import annotations
 
+from graphopt.fusion.activations import match_gelu, match_gelu_tanh
 from graphopt.fusion.graph import FusionGraph, attr, scalar
 from graphopt.fusion.rule import Match, Rule
 
@@ -68,5 +72,34 @@ def rewrite_fused_conv(g: FusionGraph, m: Match) -> None:
     g.remove(act, conv)
 
 
+def _gelu_matcher(match):
+    """`match` restricted to targets with contrib kernels and opsets without a standard Gelu."""
+    def contrib_match(g: FusionGraph, node) -> Match | None:
+        return match(g, node) if _target_allows(g) and not g.opset_allows(20) else None
+    return contrib_match
+
+
+def check_gelu_contrib(g: FusionGraph, m: Match) -> str | None:
+    where = f"Gelu form at {m.anchor.name!r} not fused to com.microsoft Gelu"
+    if not all(g.private(n.output[0]) for n in m.nodes[1:]):
+        return f"{where}: an intermediate has other readers"
+    if g.dtype(m["x"]) != 1:
+        return f"{where}: contrib Gelu runs float32 only"
+    return None
+
+
+def rewrite_gelu_contrib(g: FusionGraph, m: Match) -> None:
+    op = "FastGelu" if m.data.get("approximate") == "tanh" else "Gelu"
+    node = g.make_node(op, [m["x"]], [m.anchor.output[0]], "gelu_fused", m.anchor.name or m.anchor.output[0],
+                       domain=DOMAIN)
+    g.used_domains.add(DOMAIN)
+    g.insert_before(node, m.anchor)
+    g.remove(*m.nodes)
+
+
 RULES = [Rule("conv_activation_fused", ACTIVATIONS, match_fused_conv, check_fused_conv, rewrite_fused_conv,
-              "Conv + activation to com.microsoft FusedConv (targets with that contrib domain)")]
+              "Conv + activation to com.microsoft FusedConv (targets with that contrib domain)"),
+         Rule("gelu_fused", ("Erf",), _gelu_matcher(match_gelu), check_gelu_contrib, rewrite_gelu_contrib,
+              "erf-form GELU to com.microsoft Gelu below opset 20 (targets with that contrib domain)"),
+         Rule("gelu_fused", ("Tanh",), _gelu_matcher(match_gelu_tanh), check_gelu_contrib, rewrite_gelu_contrib,
+              "tanh-form GELU to com.microsoft FastGelu below opset 20 (targets with that contrib domain)")]
