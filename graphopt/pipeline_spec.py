@@ -117,7 +117,8 @@ def with_quantize_prerequisites(specs: list[PassSpec], contrib: bool = True) -> 
     `prepare` is false. A `fuse` before `quantize` leaves out the contrib-op families
     (FusedConv, com.microsoft Attention make float-only nodes quantize cannot put into integer
     kernels) unless its `rules` are given; `contrib` says whether the target has those ops at
-    all (only then is that worth a note). Returns (specs, note saying what changed, or None)."""
+    all (without them those families do nothing and fuse is left as written). Returns
+    (specs, note saying what changed, or None)."""
     from graphopt.fusion import FAMILIES
 
     rules = [f for f in FAMILIES if f not in CONTRIB_FAMILIES]
@@ -128,15 +129,15 @@ def with_quantize_prerequisites(specs: list[PassSpec], contrib: bool = True) -> 
             return specs, None
         fuses = [s for s in specs[:k] if s.name == "fuse"]
         if fuses:
-            narrowed = [s for s in fuses if "rules" not in s.options]
+            narrowed = [s for s in fuses if "rules" not in s.options] if contrib else []
             for s in narrowed:
                 s.options = {**s.options, "rules": rules}
             note = ("pipeline: fuse before quantize runs without the contrib families "
                     f"({', '.join(CONTRIB_FAMILIES)}) so that quantize can use integer kernels; "
                     "fuse{rules=...} sets them explicitly")
-            return specs, note if narrowed and contrib else None
+            return specs, note if narrowed else None
         added = ([PassSpec("cleanup")] if "cleanup" not in {s.name for s in specs[:k]} else []) + \
-            [PassSpec("fuse", {"rules": rules})]
+            [PassSpec("fuse", {"rules": rules} if contrib else {})]
         names = ",".join(str(a) for a in added)
         return (specs[:k] + added + specs[k:],
                 f"pipeline: inserted {names} before quantize (fold BatchNorm and biases first; "

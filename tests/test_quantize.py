@@ -172,11 +172,26 @@ def test_activation_params_hand_computed():
 
 
 def test_int8_activations_symmetric_keep_relu():
-    result = _quantize(conv_relu_model(), activation_type="int8", symmetric_activations=True)
+    model = conv_relu_model()
+    result = _quantize(model, activation_type="int8", symmetric_activations=True)
     ops = _ops(result.model)
-    assert ops["Relu"] == 1 and result.stats["relu_clip_folded"] == 0
+    assert ops["Relu"] == 1 and result.stats["relu_clip_folded"] == 0 and result.stats["relu_clip_before_q"] == 1
     zps = [numpy_helper.to_array(t) for t in result.model.graph.initializer if t.name.endswith("zero_point")]
     assert all(z.dtype == np.int8 and not z.any() for z in zps)
+    # Conv -> Relu -> Q -> DQ -> Conv: the Q takes the Relu's range, the Conv output is not Q/DQ'd
+    graph = result.model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    relu = next(n for n in graph.node if n.op_type == "Relu")
+    assert producer[relu.input[0]].op_type == "Conv"
+    assert [n.op_type for n in graph.node if relu.output[0] in n.input] == ["QuantizeLinear"]
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    assert all(n.output[0] in read for n in graph.node)  # no dead Q/DQ pair
+    feed = _feeds(model)[0]
+    assert _cosine(_run(model, feed), _run(result.model, feed)) > 0.99
+    # integer runtimes fuse the kept Relu: nothing falls back to the host on the npu target
+    from graphopt.targets import estimate_cost
+
+    assert not estimate_cost(result.model, "npu")["unsupported_ops"]
 
 
 def test_dynamic_mode_runs_in_onnxruntime():
@@ -385,7 +400,7 @@ def test_fuse_before_quantize_leaves_out_contrib_families():
     specs, note = with_quantize_prerequisites(parse_inline("fuse{rules=contrib},quantize"))
     assert specs[0].options["rules"] in ("contrib", ["contrib"]) and note is None  # the user's choice stands
     specs, note = with_quantize_prerequisites(parse_inline("fuse,quantize"), contrib=False)
-    assert "contrib" not in specs[0].options["rules"] and note is None  # nothing to say on npu/mcu
+    assert "rules" not in specs[0].options and note is None  # npu/mcu: contrib families do nothing there
 
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
     model = make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [1, 4, 8, 8])], {"w": _w(4, 3, 3, 3), "b": _w(4)})

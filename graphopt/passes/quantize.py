@@ -81,7 +81,7 @@ class Quantize(Pass):
         activation_type: str = option("uint8", "activation dtype (uint8 runs ~2x faster than int8 "
                                       "in onnxruntime on x86); target default", ("uint8", "int8"))
         symmetric_activations: bool = option(False, "symmetric activation ranges (zero point 0/128); "
-                                             "disables ReLU folding; target default")
+                                             "Relu/Clip then stay as ops before the Q; target default")
         weight_type: str = option("int8", "weight dtype; int4 is block-wise (opset 21); target default", ("int8", "int4"))
         block_size: int = option(32, "int4 block size along the reduction axis", low=16)
         exclude: list[str] = option([], "node names, op types or regexes (on names) kept in float", regex=True)
@@ -137,8 +137,7 @@ class Quantize(Pass):
         typed = _typed(work, notes)
 
         def planned(model, keep):
-            return make_plan(model, o.exclude, keep, fold_activations=not o.symmetric_activations,
-                             activation_matmul=o.activation_matmul)
+            return make_plan(model, o.exclude, keep, fold_activations=True, activation_matmul=o.activation_matmul)
 
         plan = planned(typed, keep_float)
         if not plan.kinds:
@@ -182,7 +181,7 @@ class Quantize(Pass):
             m = typed if last else clone(typed)  # the last build rewrites the pass's own copy
             if last:
                 labels_out[:] = [node_label(typed.graph.node[i], i) for i in sorted(p.kinds)]
-            st = apply_static(m, p, params_for(p), spec)
+            st = apply_static(m, p, params_for(p), spec, keep_activations=o.symmetric_activations)
             return m, p, st
 
         stats: dict = {}

@@ -126,18 +126,23 @@ def weight_axis(node: onnx.NodeProto, w: np.ndarray, per_channel: bool) -> tuple
 
 
 def apply_static(model: onnx.ModelProto, plan: Plan, tensor_params: dict[str, qp.QParams],
-                 spec: WeightSpec) -> dict:
-    """Rewrite `model` in place; returns stats (counts, per-layer weight error)."""
+                 spec: WeightSpec, keep_activations: bool = False) -> dict:
+    """Rewrite `model` in place; returns stats (counts, per-layer weight error).
+
+    Folded Relu/Clip nodes are removed (the Q's clipping is the activation) unless
+    `keep_activations`: with symmetric ranges the Q cannot clip at 0, so the activation
+    stays, between its producer and the Q that takes its range (Conv -> Relu -> Q, which
+    TensorRT-style runtimes fuse)."""
     graph = model.graph
     used_before = {n for node in graph.node for n in node.input}
     rw = Rewriter(model)
     constants = ConstantView(graph)
     nodes = list(graph.node)
     outputs = {o.name for o in graph.output}
-    folded = set(plan.folds)
-    folded_outputs = {nodes[a].output[0] for a in plan.folds}
-    for act, producer in plan.folds.items():
-        nodes[producer].output[0] = nodes[act].output[0]
+    folded = set() if keep_activations else set(plan.folds)
+    folded_outputs = {nodes[a].output[0] for a in folded}
+    for act in folded:
+        nodes[plan.folds[act]].output[0] = nodes[act].output[0]
     after: dict[str, list] = {}
     rename: dict[str, str] = {}
     for tensor in plan.activations:
@@ -180,6 +185,7 @@ def apply_static(model: onnx.ModelProto, plan: Plan, tensor_params: dict[str, qp
     drop_replaced_initializers(graph, used_before)
     return {"nodes_quantized": dict(sorted(counts.items())),
             "relu_clip_folded": len(folded),
+            "relu_clip_before_q": len(plan.folds) - len(folded),
             "qdq_pairs": len(plan.activations),
             "weight_error": rw.weight_errors}
 

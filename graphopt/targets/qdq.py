@@ -35,6 +35,7 @@ QUANT_CAPABLE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "MaxPo
                  "Unsqueeze", "Gather", "Split", "Slice", "Pad", "Where", "HardSwish",
                  "ArgMax", "InstanceNormalization", "LayerNormalization"}
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+ACTIVATIONS = {"Relu", "Clip", "LeakyRelu"}
 LOW_BIT = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4}
 FOUR_BIT = {TensorProto.INT4, TensorProto.UINT4}
 FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
@@ -63,6 +64,7 @@ def plan(nodes: list[onnx.NodeProto], table: ShapeTable, constants: set[str]) ->
     for i, n in enumerate(nodes):
         if n.op_type in QUANT_CAPABLE and n.domain in ("", "ai.onnx"):
             _mark_region(i, n, nodes, table, dq_src, consumers, result, reads_quantized, constants)
+    _fuse_trailing_activations(nodes, consumers, table, result)
     for i, n in enumerate(nodes):
         if n.op_type == "DequantizeLinear" and n.output[0] in dq_src:
             users = consumers.get(n.output[0], [])
@@ -102,3 +104,24 @@ def _quantized_outputs(i, node, nodes, consumers, table, result) -> None:
             result.io_types[i][out] = table.elem_type(q.output[0])
             for u in users:
                 result.fused[u] = f"absorbed into quantized {node.op_type}"
+
+
+def _fuse_trailing_activations(nodes, consumers, table, result) -> None:
+    """DQ -> X -> Relu -> Q with X in an integer region: the activation runs inside X's kernel.
+
+    With symmetric activation ranges the Q cannot clip at zero, so the quantizer keeps the
+    Relu/Clip between the node and its Q; integer runtimes (TensorRT, NPU compilers) fuse it."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    for a, act in enumerate(nodes):
+        if act.op_type not in ACTIVATIONS or a in result.dtype or not act.input:
+            continue
+        p = producer.get(act.input[0])
+        if p is None or p not in result.dtype or consumers.get(act.input[0]) != [a]:
+            continue
+        users = consumers.get(act.output[0], [])
+        if not users or not all(nodes[u].op_type == "QuantizeLinear" for u in users):
+            continue
+        result.fused[a] = f"fused into quantized {nodes[p].op_type}"
+        result.io_types[p][nodes[p].output[0]] = table.elem_type(nodes[users[0]].output[0])
+        for u in users:
+            result.fused[u] = f"absorbed into quantized {nodes[p].op_type}"
