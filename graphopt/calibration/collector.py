@@ -296,17 +296,10 @@ def _light_copy(model: onnx.ModelProto):
     their values)."""
     from onnx import numpy_helper
 
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
+    from graphopt.ir.graph import skeleton
+
+    light = skeleton(model)
     graph, lg = model.graph, light.graph
-    lg.name = graph.name
-    lg.node.extend(graph.node)
-    lg.input.extend(graph.input)
-    lg.output.extend(graph.output)
-    lg.value_info.extend(graph.value_info)
-    lg.sparse_initializer.extend(graph.sparse_initializer)
     names, arrays = [], []
     for t in graph.initializer:
         if t.data_type in _ARRAY_TYPES and t.data_location != TensorProto.EXTERNAL \

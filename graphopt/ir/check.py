@@ -59,18 +59,10 @@ def annotate_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
            for n in graph.node for a in n.attribute):
         return infer_shapes(model)
-    light = onnx.ModelProto()
-    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(light, field, getattr(model, field))
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
+    from graphopt.ir.graph import skeleton
+
+    light = skeleton(model)
     lg = light.graph
-    lg.name = graph.name
-    lg.node.extend(graph.node)
-    lg.input.extend(graph.input)
-    lg.output.extend(graph.output)
-    lg.value_info.extend(graph.value_info)
-    lg.sparse_initializer.extend(graph.sparse_initializer)
     declared = {i.name for i in graph.input}
     for t in graph.initializer:
         if t.data_type in _STUB_TYPES and t.data_location != onnx.TensorProto.EXTERNAL \

@@ -107,3 +107,21 @@ def keep_declared_value_info(model: onnx.ModelProto, declared: set[str]) -> None
         if len(kept) != len(g.value_info):
             del g.value_info[:]
             g.value_info.extend(kept)
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` without its initializers (nodes, inputs, outputs, value_info, opsets,
+    functions): the start of light copies that stand weights in by stubs or arrays."""
+    light = onnx.ModelProto()
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(light, name, getattr(model, name))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph, lg = model.graph, light.graph
+    lg.name = graph.name
+    lg.node.extend(graph.node)
+    lg.input.extend(graph.input)
+    lg.output.extend(graph.output)
+    lg.value_info.extend(graph.value_info)
+    lg.sparse_initializer.extend(graph.sparse_initializer)
+    return light
