@@ -117,6 +117,18 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def feeds_reader(oq, feeds):
+    """onnxruntime's CalibrationDataReader over a list of feed dicts."""
+    class Reader(oq.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    return Reader()
+
+
 def ort_with_bins(oq, bins: int):
     """quantize_static(extra_options=CalibNumBins) is not passed on to the calibrator in
     onnxruntime 1.32 (entropy stays at 128 bins): hand num_bins to create_calibrator."""
@@ -148,19 +160,12 @@ def worker(tool: str, name: str, method: str, src: str, data: str, batch: int, o
         result = create_pass("quantize", options).run(onnx.load(src), PassContext(calibration_data=feeds))
         onnx.save(result.model, out)
     else:
-        class Reader(oq.CalibrationDataReader):
-            def __init__(self):
-                self.it = iter(feeds)
-
-            def get_next(self):
-                return next(self.it, None)
-
         methods = {"minmax": oq.CalibrationMethod.MinMax, "percentile": oq.CalibrationMethod.Percentile,
                    "entropy": oq.CalibrationMethod.Entropy}
         extra = {} if method == "minmax" else {"CalibPercentile": PERCENTILE}
         if method != "minmax":
             ort_with_bins(oq, BINS)
-        oq.quantize_static(src, out, Reader(), quant_format=oq.QuantFormat.QDQ, per_channel=True,
+        oq.quantize_static(src, out, feeds_reader(oq, feeds), quant_format=oq.QuantFormat.QDQ, per_channel=True,
                            activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
                            calibrate_method=methods[method], extra_options=extra)
     seconds = time.perf_counter() - t0

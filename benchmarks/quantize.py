@@ -107,6 +107,7 @@ def worker(tool: str, name: str, method: str, out: str, extra: str) -> None:
     else:
         from onnxruntime import quantization
 
+        from benchmarks.calibration import feeds_reader  # noqa: F401 - before the clock; used below
         if method != "minmax":  # 1.32 ignores CalibNumBins in quantize_static: pass it to the calibrator
             from benchmarks.calibration import ort_with_bins
 
@@ -133,12 +134,7 @@ def worker(tool: str, name: str, method: str, out: str, extra: str) -> None:
     else:
         from onnxruntime import quantization as oq
 
-        class Reader(oq.CalibrationDataReader):
-            def __init__(self):
-                self.it = iter(calib)
-
-            def get_next(self):
-                return next(self.it, None)
+        from benchmarks.calibration import feeds_reader
 
         opts = json.loads(extra) if extra else {}
         if opts.pop("dynamic", False):
@@ -147,7 +143,7 @@ def worker(tool: str, name: str, method: str, out: str, extra: str) -> None:
             cm = {"minmax": oq.CalibrationMethod.MinMax, "percentile": oq.CalibrationMethod.Percentile,
                   "entropy": oq.CalibrationMethod.Entropy}[method]
             extra_options = {"CalibNumBins": 2048} if method != "minmax" else {}
-            oq.quantize_static(str(src), out, Reader(), quant_format=oq.QuantFormat.QDQ, per_channel=True,
+            oq.quantize_static(str(src), out, feeds_reader(oq, calib), quant_format=oq.QuantFormat.QDQ, per_channel=True,
                                activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
                                calibrate_method=cm, extra_options=extra_options, **opts)
     seconds = time.perf_counter() - t0
